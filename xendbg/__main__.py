@@ -1,0 +1,3 @@
+from xendbg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The ``xendbg`` command.
+
+    xendbg [KERNEL]            open the debugger (no KERNEL: the built-in demo guest)
+    xendbg run KERNEL …        run headless; the guest console goes to stdout
+    xendbg guests list         the guests xendbg knows by name
+    xendbg guests fetch NAME   download a Debian guest into the cache; print its image path
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from xendbg import __version__
+
+SUBCOMMANDS = ("run", "guests")
+
+
+def _add_machine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cmdline", default="", metavar="S", help="the guest kernel's command line")
+    p.add_argument("--ramdisk", metavar="FILE", help="a module (initrd) for the guest")
+    p.add_argument("--memory", type=int, metavar="MIB",
+                   help="guest memory in MiB (default: enough for the image, at least 128)")
+    p.add_argument("--p2m", choices=("shuffled", "linear"), default="shuffled",
+                   help="how guest frames map to machine frames (default: shuffled, not the "
+                        "identity, as on a real Xen host)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xendbg",
+        description="A debugger that owns an emulated Xen machine and boots Xen PV guests.",
+        epilog="KERNEL is a file (ELF, gzip'd ELF or Linux bzImage) or the name of a known "
+               "guest (see `xendbg guests list`).")
+    parser.add_argument("--version", action="version", version=f"xendbg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a guest headless, its console on stdout",
+                         description="Run KERNEL headless and stream its console to stdout. "
+                                     "Exit status: 0 the guest powered off or --until matched; "
+                                     "1 the domain crashed, rebooted or blocked forever; "
+                                     "2 bad usage or a bad input file; 3 --timeout expired.")
+    run.add_argument("kernel", metavar="KERNEL")
+    _add_machine_options(run)
+    run.add_argument("--until", metavar="REGEX",
+                     help="stop with status 0 once the console output matches this Python "
+                          "regular expression (multiline)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="stop with status 3 after this much wall-clock time")
+    run.add_argument("--input", metavar="TEXT",
+                     help=r"console input for the guest, with C escapes (\n \r \t \xNN)")
+    run.add_argument("--stats", action="store_true",
+                     help="print the image's Xen notes and layout first, and counts at the end "
+                          "(stderr)")
+    run.add_argument("--trace", metavar="FILE",
+                     help="write one JSON object per hypercall (name, arguments, result, "
+                          "instruction count)")
+
+    guests = sub.add_parser("guests", help="list known guests, fetch Debian ones")
+    gsub = guests.add_subparsers(dest="guests_command", metavar="ACTION", required=True)
+    gsub.add_parser("list", help="the guests xendbg knows, and whether each is here")
+    fetch = gsub.add_parser("fetch", help="download a Debian guest (apt-get download) into the "
+                                          "cache; the image path is printed last")
+    fetch.add_argument("name", metavar="NAME")
+    return parser
+
+
+def build_tui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xendbg",
+        description="Open the debugger on KERNEL (default: the built-in demo guest). "
+                    "Other commands: `xendbg run`, `xendbg guests` (see `xendbg run --help`).")
+    parser.add_argument("kernel", metavar="KERNEL", nargs="?", default=None)
+    _add_machine_options(parser)
+    parser.add_argument("--version", action="version", version=f"xendbg {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS or argv[:1] in (["-h"], ["--help"]):
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            from xendbg.runner import RunOptions, run
+            return run(RunOptions(kernel=args.kernel, cmdline=args.cmdline, ramdisk=args.ramdisk,
+                                  memory=args.memory, until=args.until, timeout=args.timeout,
+                                  input=args.input, stats=args.stats, trace=args.trace,
+                                  p2m=args.p2m))
+        if args.command == "guests":
+            return _guests(args)
+        build_parser().print_help()
+        return 0
+    args = build_tui_parser().parse_args(argv)
+    from xendbg.app import run_app
+    return run_app(args)
+
+
+def _guests(args) -> int:
+    from xendbg.guests import GuestError, fetch, list_guests
+    if args.guests_command == "list":
+        rows = list_guests()
+        width = max(len(g.name) for g in rows)
+        for g in rows:
+            abi = g.abi or "-"
+            print(f"{g.name:<{width}}  {g.kind:<6}  {abi:<7}  {g.status}")
+            print(f"{'':<{width}}  {g.description}")
+        return 0
+    try:
+        path = fetch(args.name, lambda msg: print(f"xendbg: {msg}", file=sys.stderr))
+    except GuestError as exc:
+        print(f"xendbg: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,294 @@
+"""The emulated x86 CPU: Unicorn set up as a PV-capable processor.
+
+Facts this module is built on (measured, ``shared/reference/UNICORN.md``):
+
+* Unicorn's ``mem_map`` works on physical addresses once paging is on, so machine memory is mapped
+  once at physical 0 and the guest's own page tables (which hold machine addresses under Xen's direct
+  paging) are walked by the CPU itself.
+* ``reg_write`` cannot change the privilege level. The guest is entered through a ring-0 ``iret``
+  trampoline in Xen's part of the address space; afterwards the CPL is that of the guest (3 for a
+  64-bit PV kernel, 1 for a 32-bit one) and stays so.
+* Every exception reaches an ``UC_HOOK_INTR`` callback and never the guest IDT. Unicorn never resets
+  ``old_exception`` (it skips ``do_interrupt``), so the second fault would become a #DF: the hook
+  resets it through the CPU context first (:meth:`Cpu.exception_entry`).
+* The #PF error code is not a register: it is read from the CPU context at an offset calibrated at
+  start-up.
+* Registers are read in batches through the raw C API (``uc_reg_read_batch``), ~10× cheaper than the
+  binding's per-register calls.
+
+This module knows nothing of Xen's policy: :class:`Cpu` exposes registers, hooks and the trampoline;
+``traps.py`` and ``hypercalls.py`` decide what a trap means.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Sequence
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_MODE_32,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+)
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from xendbg.machine.abi.layout import Abi
+from xendbg.machine.memory import MachineMemory
+
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
+CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 7, 1 << 9, 1 << 10
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+MSR_EFER = 0xC0000080
+
+RFLAGS_IF = 1 << 9
+RFLAGS_ALWAYS = 1 << 1
+RFLAGS_IOPL = 3 << 12
+
+# Register sets read in one batch at the hot entry points.
+REGS64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
+          X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RBP, X.UC_X86_REG_RSP,
+          X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11,
+          X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15,
+          X.UC_X86_REG_RIP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
+          X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS)
+NAMES64 = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11",
+           "r12", "r13", "r14", "r15", "rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs")
+REGS32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+          X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP, X.UC_X86_REG_ESP,
+          X.UC_X86_REG_EIP, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS, X.UC_X86_REG_SS,
+          X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS)
+NAMES32 = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags", "cs", "ss",
+           "ds", "es", "fs", "gs")
+
+# Hypercall argument registers (ABI.md §2), then the instruction and stack pointers.
+HCALL64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
+           X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9, X.UC_X86_REG_RIP, X.UC_X86_REG_RSP)
+HCALL32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+           X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP, X.UC_X86_REG_EIP, X.UC_X86_REG_ESP)
+
+_UC_CONTEXT_HEADER = 40           # bytes before CPUX86State in a uc_context (UNICORN.md §3)
+_OLD_EXCEPTION_FROM_ERROR_CODE = 112
+UC_X86_INS_RDTSC = X.UC_X86_INS_RDTSC
+UC_X86_INS_RDTSCP = X.UC_X86_INS_RDTSCP
+
+
+class RegBatch:
+    """A fixed list of registers read or written with one raw C call."""
+
+    def __init__(self, uc: Uc, regs: Sequence[int]) -> None:
+        n = len(regs)
+        self._uch = uc._uch
+        self._n = n
+        self._ids = (ctypes.c_int32 * n)(*regs)
+        self._vals = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+
+    def read(self) -> list[int]:
+        err = uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise RuntimeError(f"uc_reg_read_batch failed ({err})")
+        return list(self._vals)
+
+    def write(self, values: Sequence[int]) -> None:
+        for i, value in enumerate(values):
+            self._vals[i] = value & 0xFFFFFFFFFFFFFFFF
+        err = uclib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise RuntimeError(f"uc_reg_write_batch failed ({err})")
+
+
+class Cpu:
+    """One vCPU's Unicorn engine, with machine memory mapped at physical address 0."""
+
+    def __init__(self, abi: Abi, memory: MachineMemory) -> None:
+        self.abi = abi
+        self.memory = memory
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64 if abi.bits == 64 else UC_MODE_32)
+        self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
+        self.is64 = abi.bits == 64
+        self.hcall = RegBatch(self.uc, HCALL64 if self.is64 else HCALL32)
+        self.all_regs = RegBatch(self.uc, REGS64 if self.is64 else REGS32)
+        self.reg_names = NAMES64 if self.is64 else NAMES32
+        self.ip_reg = X.UC_X86_REG_RIP if self.is64 else X.UC_X86_REG_EIP
+        self.sp_reg = X.UC_X86_REG_RSP if self.is64 else X.UC_X86_REG_ESP
+        self.ax_reg = X.UC_X86_REG_RAX if self.is64 else X.UC_X86_REG_EAX
+        self.flags_reg = X.UC_X86_REG_RFLAGS if self.is64 else X.UC_X86_REG_EFLAGS
+        self._hooks: list[object] = []   # keep ctypes callbacks alive
+        # Exception-state access through a reusable context (UNICORN.md §2 and §3).
+        self._ctx = self.uc.context_save()
+        self._ctx_ptr = self._ctx.context
+        self._ctx_addr = ctypes.cast(self._ctx_ptr, ctypes.c_void_p).value
+        self._error_code_off = self._calibrate_error_code_offset()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _calibrate_error_code_offset(self) -> int:
+        """Find ``env->error_code`` in the context: 64 bytes before dr[6]/dr[7]'s reset values."""
+        blob = bytes(ctypes.string_at(self._ctx_addr, self._ctx.size + _UC_CONTEXT_HEADER))
+        pattern = struct.pack("<QQ", 0xFFFF0FF0, 0x400)
+        pos = blob.find(pattern)
+        if pos < 0:
+            raise RuntimeError("cannot locate the exception state in Unicorn's CPU context")
+        return pos - 64
+
+    def setup_paging(self, cr3: int, gdt_base: int, gdt_limit: int) -> None:
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_base, gdt_limit, 0))
+        uc.reg_write(X.UC_X86_REG_CR3, cr3)
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | CR4_PGE | CR4_OSFXSR | CR4_OSXMMEXCPT)
+        if self.is64:
+            uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+        else:
+            uc.msr_write(MSR_EFER, EFER_NXE)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+
+    def prepare_entry(self, trampoline_va: int, stack_va: int, stack_ma: int, ring0_cs: int,
+                      ring0_ds: int, rip: int, cs: int, rflags: int, rsp: int, ss: int,
+                      data_sel: int) -> None:
+        """Arrange for the next ``emu_start`` at ``trampoline_va`` to ``iret`` into the guest.
+
+        The trampoline page holds one ``iretq`` (64-bit) or ``iretd`` (32-bit); its frame is written
+        on a Xen stack page. This is the only time the CPU runs at ring 0.
+        """
+        if self.is64:
+            frame = struct.pack("<5Q", rip, cs, rflags, rsp, ss)
+        else:
+            self.uc.reg_write(X.UC_X86_REG_CS, ring0_cs)
+            self.uc.reg_write(X.UC_X86_REG_SS, ring0_ds)
+            frame = struct.pack("<5I", rip, cs, rflags, rsp, ss)
+        self.memory.write(stack_ma, frame)
+        for reg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            self.uc.reg_write(reg, data_sel)
+        self.uc.reg_write(self.sp_reg, stack_va)
+        self.uc.reg_write(self.ip_reg, trampoline_va)
+
+    # -- registers ------------------------------------------------------------------------------
+    def regs(self) -> dict[str, int]:
+        return dict(zip(self.reg_names, self.all_regs.read(), strict=False))
+
+    def reg_read(self, reg: int) -> int:
+        return self.uc.reg_read(reg)
+
+    def reg_write(self, reg: int, value: int) -> None:
+        self.uc.reg_write(reg, value)
+
+    @property
+    def ip(self) -> int:
+        return self.uc.reg_read(self.ip_reg)
+
+    @ip.setter
+    def ip(self, value: int) -> None:
+        self.uc.reg_write(self.ip_reg, value)
+
+    @property
+    def sp(self) -> int:
+        return self.uc.reg_read(self.sp_reg)
+
+    @sp.setter
+    def sp(self, value: int) -> None:
+        self.uc.reg_write(self.sp_reg, value)
+
+    @property
+    def cr3(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CR3)
+
+    @cr3.setter
+    def cr3(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_CR3, value)
+
+    def msr_read(self, msr: int) -> int:
+        return self.uc.msr_read(msr)
+
+    def msr_write(self, msr: int, value: int) -> None:
+        self.uc.msr_write(msr, value)
+
+    def cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    # -- exceptions -----------------------------------------------------------------------------
+    def exception_entry(self) -> int:
+        """Call first in the INTR hook: reset ``old_exception``, return ``env->error_code``.
+
+        Must run before any register write in the hook, because the context restore it does
+        overwrites the registers with their values at entry.
+        """
+        uclib.uc_context_save(self.uc._uch, self._ctx_ptr)
+        base = self._ctx_addr + self._error_code_off
+        error_code = ctypes.c_int32.from_address(base).value & 0xFFFFFFFF
+        ctypes.c_int32.from_address(base + _OLD_EXCEPTION_FROM_ERROR_CODE).value = -1
+        uclib.uc_context_restore(self.uc._uch, self._ctx_ptr)
+        return error_code
+
+    def cr2(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CR2)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def hook_syscall(self, callback) -> None:
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, callback, None, 1, 0,
+                                            X.UC_X86_INS_SYSCALL))
+
+    def hook_intr(self, callback) -> None:
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INTR, callback))
+
+    def hook_invalid(self, callback) -> None:
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN_INVALID, callback))
+
+    def hook_cpuid(self, callback) -> None:
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, callback, None, 1, 0, X.UC_X86_INS_CPUID))
+
+    def hook_in_out(self, on_in, on_out) -> None:
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN))
+        self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT))
+
+    def hook_rdtsc(self, callback) -> None:
+        """RDTSC/RDTSCP: the binding refuses these constants, so register through the C API.
+
+        ``callback()`` returns the 64-bit TSC; returning 1 from the C hook skips the emulated
+        instruction's own effect (the translator has already advanced RIP past it).
+        """
+        uc = self.uc
+        ax, dx = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX) if self.is64 else (X.UC_X86_REG_EAX,
+                                                                          X.UC_X86_REG_EDX)
+        cx = X.UC_X86_REG_RCX if self.is64 else X.UC_X86_REG_ECX
+
+        def make(is_rdtscp: bool):
+            @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+            def hook(_uch, _user):
+                try:
+                    tsc = callback()
+                    uc.reg_write(ax, tsc & 0xFFFFFFFF)
+                    uc.reg_write(dx, (tsc >> 32) & 0xFFFFFFFF)
+                    if is_rdtscp:
+                        uc.reg_write(cx, 0)       # TSC_AUX: vCPU 0
+                except Exception:                 # noqa: BLE001 - never unwind into C
+                    return 0
+                return 1
+            return hook
+
+        for insn, is_rdtscp in ((UC_X86_INS_RDTSC, False), (UC_X86_INS_RDTSCP, True)):
+            cb = make(is_rdtscp)
+            handle = ctypes.c_size_t()
+            err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN,
+                                    ctypes.cast(cb, ctypes.c_void_p), None,
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
+            if err:
+                raise RuntimeError(f"cannot hook rdtsc ({err})")
+            self._hooks.append(cb)
+
+    # -- running --------------------------------------------------------------------------------
+    def start(self, begin: int, until: int) -> None:
+        self.uc.emu_start(begin, until)
+
+    def stop(self) -> None:
+        """Stop from inside a hook (synchronous). Never call from another thread."""
+        self.uc.emu_stop()
+
+    def flush_tb(self) -> None:
+        self.uc.ctl_flush_tb()

@@ -1,0 +1,511 @@
+"""The emulated Xen machine: one PV domain with one vCPU, the hypervisor serving it, its backends.
+
+``Machine`` wires the parts together and owns the run loop. Guest code runs inside
+``Uc.emu_start``; control comes back to Python only through hooks — a hypercall (``syscall`` or
+``int $0x82``), an exception, a forced-emulation CPUID, the block counter (budget or pause) — and
+every hook body is guarded: a Python exception in xendbg's own code crashes the *domain* with an
+"internal error" reason (and is kept in ``internal_errors`` for tests and the fuzzer); it never
+unwinds through Unicorn.
+
+Structured events go to subscribers (``listeners``): ``hypercall``, ``console``, ``trap``,
+``upcall``, ``shutdown``, ``crash``. The machine never prints.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import capstone
+from unicorn import UcError
+from unicorn import x86_const as U
+
+from xendbg.fast.blockhook import STOP_BUDGET, STOP_REQUEST, BlockCounter
+from xendbg.machine import hypercalls, priv
+from xendbg.machine.abi import xen as X
+from xendbg.machine.abi.errno import EFAULT, EINVAL, ENOSYS, errno_name
+from xendbg.machine.builder import BuildConfig, build_domain
+from xendbg.machine.clock import Clock
+from xendbg.machine.console import Console
+from xendbg.machine.cpu import CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, Cpu
+from xendbg.machine.domain import Shutdown, Vcpu
+from xendbg.machine.events.evtchn import EventChannels
+from xendbg.machine.events.evtchn_2l import Evtchn2L
+from xendbg.machine.guestmem import GuestMemory
+from xendbg.machine.iret import NO_RESULT
+from xendbg.machine.memory import PAGE_SHIFT
+from xendbg.machine.mmu import Mmu
+from xendbg.machine.traps import ERROR_CODE_VECTORS, TrapBouncer
+from xendbg.machine.xenarea import GDT_LIMIT, RING0_CS_32, RING0_DS
+from xendbg.machine.xenstore import XenStore
+from xendbg.machine.xenstore_ring import BytearrayPage, XenStoreRing
+
+CR0_TS = 1 << 3
+XEN_CPUID_PREFIX = b"\x0f\x0bxen\x0f\xa2"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    insns: int
+    data: dict
+
+
+@dataclass
+class HypercallStats:
+    calls: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    unimplemented: Counter = field(default_factory=Counter)
+
+
+class Machine:
+    """Build the domain for ``image`` and prepare its vCPU to enter the guest."""
+
+    def __init__(self, image, config: BuildConfig | None = None) -> None:
+        self.image = image
+        self.config = config or BuildConfig()
+        self.memory, self.domain, self.layout = build_domain(image, self.config)
+        self.abi = self.domain.abi
+        self.is64 = self.abi.bits == 64
+        self.vcpu: Vcpu = self.domain.vcpus[0]
+        self.xen_area = self.layout.xen
+        self.cpu = Cpu(self.abi, self.memory)
+        self.guest = GuestMemory(self.memory, self.abi, lambda: self.cpu.cr3)
+        self.traps = TrapBouncer(self)
+        self.listeners: list[Callable[[Event], None]] = []
+        self.stats = HypercallStats()
+        self.internal_errors: list[str] = []
+        self.cpuid = priv.CpuidPolicy()
+        self.blocked_forever = False
+        self._stop_reason: str | None = None
+        self._in_syscall_hook = False
+        self._emu_thread: int | None = None
+        self._word_mask = (1 << self.abi.bits) - 1
+        self._md = capstone.Cs(capstone.CS_ARCH_X86,
+                               capstone.CS_MODE_64 if self.is64 else capstone.CS_MODE_32)
+
+        d = self.domain
+        self.evtchn = EventChannels(self, Evtchn2L(self.memory, self.abi,
+                                                   d.shared_info_mfn << PAGE_SHIFT))
+        self.console = Console(self.memory, d.console_mfn << PAGE_SHIFT, self._console_output,
+                               lambda: self.evtchn.notify_backend_event("console"))
+        self.evtchn.connect_backend(d.store_evtchn, "xenstore", self._xenstore_notify)
+        self.evtchn.connect_backend(d.console_evtchn, "console", self._console_notify)
+        self.xenstore = XenStore()
+        self.xenstore.populate_domain(
+            d.domid, self.config.name, d.nr_pages * 4, len(d.vcpus), d.console_evtchn,
+            d.console_mfn, d.store_evtchn, d.store_mfn, cmdline=self.config.cmdline,
+            kernel=str(getattr(image, "path", "")))
+        self.xenstore_ring = XenStoreRing(self.xenstore, d.domid,
+                                          BytearrayPage(self.memory.frame(d.store_mfn)))
+
+        self.counter = BlockCounter(self.cpu.uc, self._icount_of)
+        self.counter.install()
+        self.clock = Clock(self)
+        self.mmu = Mmu(self)
+        self._setup_cpu()
+
+    # -- CPU set-up ----------------------------------------------------------------------------
+    def _setup_cpu(self) -> None:
+        cpu, abi, area = self.cpu, self.abi, self.xen_area
+        cpu.setup_paging(self.layout.pt_base_mfn << PAGE_SHIFT, area.gdt_va, GDT_LIMIT)
+        cpu.prepare_entry(
+            trampoline_va=area.trampoline_va, stack_va=area.stack_va, stack_ma=area.stack_ma,
+            ring0_cs=RING0_CS_32, ring0_ds=RING0_DS, rip=self.layout.entry, cs=abi.kernel_cs,
+            rflags=1 << 9 | 2, rsp=self.layout.stack_top, ss=abi.kernel_ss,
+            data_sel=abi.kernel_ds)
+        si = self.layout.start_info_va
+        if self.is64:
+            cpu.uc.reg_write(U.UC_X86_REG_RSI, si)
+            cpu.hook_syscall(self._on_syscall)
+        else:
+            cpu.uc.reg_write(U.UC_X86_REG_ESI, si)
+        cpu.hook_intr(self._on_intr)
+        cpu.hook_invalid(self._on_invalid)
+        cpu.hook_cpuid(self._on_cpuid)
+        cpu.hook_in_out(self._on_in, self._on_out)
+        cpu.hook_rdtsc(self.read_tsc)
+
+    # -- events to subscribers -----------------------------------------------------------------
+    def emit(self, kind: str, **data) -> None:
+        if self.listeners:
+            event = Event(kind, self.counter.insns, data)
+            for listener in list(self.listeners):
+                listener(event)
+
+    # -- run control ---------------------------------------------------------------------------
+    @property
+    def insns(self) -> int:
+        return self.counter.insns
+
+    def read_tsc(self) -> int:
+        return self.clock.tsc()
+
+    def run(self, max_insns: int | None = None) -> str:
+        """Run until something stops the machine; return why.
+
+        Reasons: ``shutdown``, ``crash``, ``blocked`` (waiting with nothing to wake it),
+        ``budget`` (``max_insns`` executed), ``pause`` (:meth:`pause` from another thread),
+        ``stop`` (a listener asked, e.g. ``--until`` matched).
+        """
+        if self.domain.dying:
+            return "crash" if self.domain.crashed else "shutdown"
+        self._stop_reason = None
+        self.counter.stop_reason = 0        # a pending pause request stays pending
+        user_budget = self.counter.insns + max_insns if max_insns else 0
+        self._emu_thread = threading.get_ident()
+        try:
+            while self._stop_reason is None:
+                deadline = self.clock.next_deadline()
+                budgets = [b for b in (user_budget, deadline) if b]
+                self.counter.budget = min(budgets) if budgets else 0
+                begin = self.cpu.ip
+                try:
+                    self.cpu.start(begin, self.xen_area.until_va)
+                except UcError as exc:
+                    if self._stop_reason is None:
+                        self.crash(f"the CPU stopped with {exc} at {self.cpu.ip:#x}")
+                    break
+                if self._stop_reason is not None:
+                    break
+                reason = self.counter.stop_reason
+                if reason == STOP_REQUEST:
+                    self._stop_reason = "pause"
+                elif reason == STOP_BUDGET:
+                    self.counter.stop_reason = 0
+                    if user_budget and self.counter.insns >= user_budget:
+                        self._stop_reason = "budget"
+                    else:
+                        self.clock.at_slice_boundary()
+                        self.check_events()
+                else:
+                    self.crash(f"the CPU stopped unexpectedly at {self.cpu.ip:#x} "
+                               "(a triple fault?)")
+        finally:
+            self._emu_thread = None
+        return self._stop_reason or "stop"
+
+    def pause(self) -> None:
+        """Ask a running machine to stop at the next block boundary (safe from any thread)."""
+        self.counter.request_stop()
+
+    def request_stop(self, reason: str = "stop") -> None:
+        """Stop from inside the emulator thread (a hook or a listener called by one)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if self._emu_thread == threading.get_ident():
+            self.cpu.stop()
+        else:
+            self.counter.request_stop()
+
+    # -- domain life ---------------------------------------------------------------------------
+    def shutdown(self, reason: int) -> None:
+        name = X.SHUTDOWN_NAMES.get(reason, str(reason))
+        self.run_backends()
+        self.domain.shutdown = Shutdown(reason, name, self.domain.shutdown_code)
+        self.emit("shutdown", reason=name, code=self.domain.shutdown_code)
+        self.request_stop("shutdown")
+
+    def crash(self, why: str) -> None:
+        if self.domain.crashed is None:
+            self.domain.crashed = why
+            try:
+                self.console.drain_ring()
+            except Exception:                      # noqa: BLE001 - the ring may be garbage
+                pass
+            self.emit("crash", reason=why, ip=self.cpu.ip)
+        self._stop_reason = "crash"
+        if self._emu_thread == threading.get_ident():
+            self.cpu.stop()
+
+    def _internal_error(self, where: str) -> None:
+        tb = traceback.format_exc()
+        self.internal_errors.append(tb)
+        last = tb.strip().splitlines()[-1]
+        self.crash(f"xendbg internal error in {where}: {last}")
+
+    # -- helpers for the mechanisms ----------------------------------------------------------
+    def set_guest_ip(self, ip: int) -> None:
+        """Resume the guest at ``ip`` (Unicorn adds 2 after a syscall hook returns)."""
+        if self._in_syscall_hook:
+            ip -= 2
+        self.cpu.uc.reg_write(self.cpu.ip_reg, ip & self._word_mask)
+
+    def owns_frame(self, mfn: int) -> bool:
+        return self.memory.is_valid_mfn(mfn) and int(self.memory.owner[mfn]) == self.domain.domid
+
+    def flush_tlb(self) -> None:
+        self.cpu.cr3 = self.cpu.cr3
+
+    def toggle_guest_mode(self, vcpu: Vcpu) -> None:
+        """64-bit PV: switch between guest kernel and user mode (page tables and GS base)."""
+        vcpu.kernel_mode = not vcpu.kernel_mode
+        table = vcpu.guest_table if vcpu.kernel_mode else vcpu.guest_table_user
+        self.cpu.cr3 = table << PAGE_SHIFT
+        self.load_segment_bases()
+
+    def load_segment_bases(self) -> None:
+        if not self.is64:
+            return
+        v = self.vcpu
+        uc = self.cpu.uc
+        uc.reg_write(U.UC_X86_REG_FS_BASE, v.fs_base)
+        uc.reg_write(U.UC_X86_REG_GS_BASE, v.gs_base_kernel if v.kernel_mode else v.gs_base_user)
+
+    def set_fpu_ts(self, on: bool) -> None:
+        self.vcpu.fpu_ts = on
+        cr0 = self.cpu.uc.reg_read(U.UC_X86_REG_CR0)
+        self.cpu.uc.reg_write(U.UC_X86_REG_CR0, cr0 | CR0_TS if on else cr0 & ~CR0_TS)
+
+    # -- backends ------------------------------------------------------------------------------
+    def _console_output(self, source: str, data: bytes) -> None:
+        self.emit("console", source=source, data=data)
+
+    def _console_notify(self, _port: int) -> None:
+        self.console.arm_input()
+        self.console.drain_ring()
+
+    def _xenstore_notify(self, _port: int) -> None:
+        self._run_xenstore()
+
+    def _run_xenstore(self) -> bool:
+        if self.xenstore_ring.process():
+            self.evtchn.notify_backend_event("xenstore")
+            return True
+        return False
+
+    def run_backends(self) -> bool:
+        """Let the backends catch up (xenconsoled and xenstored run "while the guest yields")."""
+        moved = self.console.drain_ring()
+        return self._run_xenstore() or moved
+
+    # -- events --------------------------------------------------------------------------------
+    def on_event_pending(self, vcpu: Vcpu, port: int) -> None:
+        vcpu.blocked = False
+
+    def upcall_pending(self, vcpu: Vcpu) -> bool:
+        return bool(self.memory.view[vcpu.vcpu_info_ma])
+
+    def check_events(self) -> None:
+        """Xen's ``test_guest_events`` on the way back to the guest: make a due upcall."""
+        vcpu = self.vcpu
+        if self.domain.dying or not self.upcall_pending(vcpu) or self.traps.upcall_mask(vcpu):
+            return
+        if X.CALLBACKTYPE_event not in vcpu.callbacks:
+            return
+        ip = self.cpu.ip
+        bounce = self.traps.upcall(vcpu)
+        if bounce is not None:
+            self.emit("upcall", ip=ip, target=bounce.target,
+                      pending=self.evtchn.delivery.pending_ports())
+
+    def block_vcpu(self) -> int:
+        """SCHEDOP_block: unmask events; return at once if one is pending, else wait for one."""
+        vcpu = self.vcpu
+        self.traps.set_upcall_mask(vcpu, 0)
+        if self.upcall_pending(vcpu):
+            return 0
+        self.run_backends()
+        if self.upcall_pending(vcpu):
+            return 0
+        vcpu.blocked = True
+        if self.clock.block(vcpu):
+            return 0
+        self.blocked_forever = True
+        self.emit("blocked", ip=self.cpu.ip)
+        self.request_stop("blocked")
+        return 0
+
+    def poll_vcpu(self, arg: int) -> int:
+        word = self.abi.word
+        raw = self.guest.read(arg, 2 * word + 8 if self.is64 else 16)
+        if raw is None:
+            return -EFAULT
+        ports_ptr = int.from_bytes(raw[:word], "little")
+        nr_ports = int.from_bytes(raw[word:word + 4], "little")
+        if nr_ports > 128:
+            return -EINVAL
+        ports = []
+        for i in range(nr_ports):
+            port = self.guest.read_u32(ports_ptr + 4 * i)
+            if port is None:
+                return -EFAULT
+            if port >= self.evtchn.nr_ports:
+                return -EINVAL
+            ports.append(port)
+        for attempt in range(2):
+            if any(self.evtchn.delivery.is_pending(p) for p in ports):
+                return 0
+            if attempt == 0:
+                self.run_backends()
+        self.blocked_forever = True
+        self.emit("blocked", ip=self.cpu.ip)
+        self.request_stop("blocked")
+        return 0
+
+    # -- hooks: hypercalls ---------------------------------------------------------------------
+    def _on_syscall(self, uc, _user_data) -> None:
+        self._in_syscall_hook = True
+        try:
+            if not self.vcpu.kernel_mode:
+                self.crash("a system call from guest user mode: xendbg does not yet bounce "
+                           "user syscalls to the guest kernel")
+                return
+            vals = self.cpu.hcall.read()
+            self.hypercall(vals[0], vals[1:7], vals[7])
+        except Exception:                          # noqa: BLE001 - never unwind into Unicorn
+            self._internal_error("the hypercall path")
+        finally:
+            self._in_syscall_hook = False
+
+    def hypercall(self, nr: int, args: list[int], ip: int) -> None:
+        nr &= self._word_mask
+        d = hypercalls.BY_NR.get(nr) if nr < hypercalls.NR_HYPERCALLS else None
+        handler = d.handler_for(self.abi.bits) if d is not None else None
+        name = d.name if d is not None else hypercalls.name_of(nr)
+        nargs = len(d.args_for(self.abi.bits)) if d is not None else 0
+        args = [a & self._word_mask for a in args[:nargs]]
+        if handler is None:
+            result = -ENOSYS
+            self.stats.unimplemented[name] += 1
+        else:
+            result = handler(self, *args)
+        self.stats.calls[name] += 1
+        if result is not NO_RESULT:
+            value = result & self._word_mask
+            self.cpu.uc.reg_write(self.cpu.ax_reg, value)
+            if isinstance(result, int) and -4096 < result < 0:
+                self.stats.errors[name] += 1
+        if self.listeners:
+            shown = None if result is NO_RESULT else result
+            self.emit("hypercall", nr=nr, name=name, args=args, ip=ip, result=shown,
+                      error=errno_name(shown) if shown is not None and -4096 < shown < 0 else None,
+                      arg_names=d.args_for(self.abi.bits) if d else ())
+        self.check_events()
+
+    # -- hooks: exceptions -----------------------------------------------------------------------
+    def _on_intr(self, uc, intno: int, _user_data) -> None:
+        try:
+            error_code = self.cpu.exception_entry() if intno < 32 else 0
+            self._intr(intno, error_code)
+            if not self.domain.dying:
+                self.check_events()
+        except Exception:                          # noqa: BLE001
+            self._internal_error(f"the handler of interrupt {intno:#x}")
+
+    def _intr(self, intno: int, error_code: int) -> None:
+        vcpu = self.vcpu
+        if intno == 0x82 and not self.is64:
+            if self.cpu.cpl() != 1:
+                self.set_guest_ip(self.cpu.ip - 2)
+                self.traps.exception(vcpu, 13, (0x82 << 3) | 2)
+                return
+            vals = self.cpu.hcall.read()
+            self.hypercall(vals[0], vals[1:7], vals[7])
+            return
+        if intno == 14:
+            cr2 = self.cpu.cr2()
+            if self.mmu.on_page_fault(vcpu, cr2, error_code):
+                return
+            vcpu.cr2 = cr2
+            self.memory.write(vcpu.vcpu_info_ma + self.abi.vcpu_cr2,
+                              cr2.to_bytes(self.abi.word, "little"))
+            self._trap_event(14, error_code)
+            self.traps.exception(vcpu, 14, error_code)
+            return
+        if intno == 13 and self._emulate_privileged_op():
+            return
+        if intno in (3, 4):
+            self._trap_event(intno, None)
+            self.traps.exception(vcpu, intno)
+            return
+        if intno < 32:
+            code = error_code if intno in ERROR_CODE_VECTORS else None
+            self._trap_event(intno, code)
+            self.traps.exception(vcpu, intno, code)
+            return
+        self._trap_event(intno, None)
+        self.traps.software_interrupt(vcpu, intno)
+
+    def _trap_event(self, vector: int, error_code: int | None) -> None:
+        if self.listeners:
+            self.emit("trap", vector=vector, error_code=error_code, ip=self.cpu.ip,
+                      cr2=self.vcpu.cr2 if vector == 14 else None)
+
+    def _on_invalid(self, uc, _user_data) -> bool:
+        try:
+            ip = self.cpu.ip
+            code = self.guest.read(ip, len(XEN_CPUID_PREFIX))
+            if code == XEN_CPUID_PREFIX:
+                self._emulate_cpuid()
+                self.cpu.ip = ip + len(XEN_CPUID_PREFIX)
+            else:
+                self._trap_event(6, None)
+                self.traps.exception(self.vcpu, 6)
+                if not self.domain.dying:
+                    self.check_events()
+        except Exception:                          # noqa: BLE001
+            self._internal_error("the invalid-opcode handler")
+        if self.domain.dying:
+            self.cpu.stop()
+        return True
+
+    def _emulate_cpuid(self) -> None:
+        uc = self.cpu.uc
+        regs = (U.UC_X86_REG_RAX, U.UC_X86_REG_RBX, U.UC_X86_REG_RCX, U.UC_X86_REG_RDX) \
+            if self.is64 else (U.UC_X86_REG_EAX, U.UC_X86_REG_EBX, U.UC_X86_REG_ECX,
+                               U.UC_X86_REG_EDX)
+        values = self.cpuid(uc.reg_read(regs[0]) & 0xFFFFFFFF, uc.reg_read(regs[2]) & 0xFFFFFFFF)
+        for reg, value in zip(regs, values, strict=True):
+            uc.reg_write(reg, value)
+
+    def _on_cpuid(self, uc, _user_data) -> int:
+        try:
+            self._emulate_cpuid()
+        except Exception:                          # noqa: BLE001
+            self._internal_error("the CPUID handler")
+        return 1
+
+    def _on_in(self, uc, port: int, size: int, _user_data) -> int:
+        # No devices: reads float high. Port access with insufficient virtual IOPL would #GP on
+        # Xen; Unicorn gives us no clean way to fault here, so the domain is told why it stopped.
+        if not self._io_allowed():
+            self.crash(f"port I/O (in from {port:#x}) without I/O privilege")
+            return 0
+        return (1 << (8 * size)) - 1
+
+    def _on_out(self, uc, port: int, size: int, value: int, _user_data) -> None:
+        if not self._io_allowed():
+            self.crash(f"port I/O (out to {port:#x}) without I/O privilege")
+
+    def _io_allowed(self) -> bool:
+        ring = 1 if (self.is64 and self.vcpu.kernel_mode) else self.cpu.cpl()
+        return self.vcpu.iopl >= ring
+
+    # -- privileged instructions -----------------------------------------------------------------
+    def _emulate_privileged_op(self) -> bool:
+        """Emulate what Xen's ``emulate_privileged_op`` would; False → the guest gets #GP."""
+        from xendbg.machine.emul_priv import emulate_privileged_op
+        return emulate_privileged_op(self)
+
+    # -- instruction accounting --------------------------------------------------------------------
+    def _icount_of(self, address: int, size: int) -> int:
+        code = self.guest.read(address, size)
+        if code is None:
+            return 1
+        count = 0
+        end = address
+        for insn_addr, insn_size, _m, _o in self._md.disasm_lite(code, address):
+            count += 1
+            end = insn_addr + insn_size
+        if end < address + size:
+            count += 1          # undecodable tail: the CPU will fault on it
+        return max(count, 1)
+
+    # -- inspection --------------------------------------------------------------------------------
+    def cr0_view(self) -> int:
+        return CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG | (CR0_TS if self.vcpu.fpu_ts
+                                                                     else 0)

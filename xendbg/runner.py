@@ -1,0 +1,229 @@
+"""Headless runs: ``xendbg run KERNEL …`` — the guest console on stdout, an exit status for scripts.
+
+Exit status: 0 when the guest powered off or ``--until`` matched; 1 when the domain crashed,
+rebooted, shut down otherwise, or blocked with nothing to wake it (the reason on stderr); 2 for bad
+usage or a bad input file; 3 when ``--timeout`` expired.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from xendbg.machine.abi.xen import SHUTDOWN_poweroff
+from xendbg.machine.builder import BuildConfig, BuildError
+from xendbg.machine.loader import ImageError, KernelImage, load_kernel
+from xendbg.machine.machine import Event, Machine
+
+EXIT_OK, EXIT_GUEST, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad command-line input; str() is the one-line message."""
+
+
+def parse_escapes(text: str) -> bytes:
+    r"""C-style escapes of ``--input``: ``\n \r \t \\ \0 \e \xNN``; anything else is literal."""
+    out = bytearray()
+    i = 0
+    simple = {"n": 10, "r": 13, "t": 9, "\\": 92, "0": 0, "e": 27, "a": 7, "b": 8, "'": 39, '"': 34}
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+            if nxt == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2:i + 4] or ""):
+                out.append(int(text[i + 2:i + 4], 16))
+                i += 4
+                continue
+        out += ch.encode()
+        i += 1
+    return bytes(out)
+
+
+@dataclass
+class RunOptions:
+    kernel: str
+    cmdline: str = ""
+    ramdisk: str | None = None
+    memory: int | None = None
+    until: str | None = None
+    timeout: float | None = None
+    input: str | None = None
+    stats: bool = False
+    trace: str | None = None
+    p2m: str = "shuffled"
+
+
+def default_memory(image: KernelImage) -> int:
+    """Enough for the kernel's start-of-day layout, at least 128 MiB (Linux wants more)."""
+    span = (image.virt_kend - image.virt_base) >> 20
+    return max(128, 1 << (span + 64).bit_length())
+
+
+def load(opts: RunOptions, progress=None) -> tuple[Machine, KernelImage, Path]:
+    """Resolve, load and build; raise UsageError with a one-line reason on any bad input."""
+    from xendbg.guests import GuestError, resolve_kernel
+    try:
+        path = resolve_kernel(opts.kernel, progress=progress)
+    except GuestError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        image = load_kernel(path)
+    except ImageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    ramdisk = None
+    if opts.ramdisk:
+        try:
+            ramdisk = Path(opts.ramdisk).expanduser().read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--ramdisk {opts.ramdisk}: {exc.strerror or exc}") from None
+    memory = opts.memory if opts.memory is not None else default_memory(image)
+    config = BuildConfig(memory_mib=memory, cmdline=opts.cmdline, ramdisk=ramdisk, p2m=opts.p2m)
+    try:
+        machine = Machine(image, config)
+    except BuildError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    return machine, image, path
+
+
+def describe_image(image: KernelImage, machine: Machine, out) -> None:
+    notes = image.notes
+    print(f"xendbg: {image.path}: {image.container}, {image.abi}, entry {image.entry:#x}", file=out)
+    print(f"xendbg: Xen notes from {notes.source}:", file=out)
+    for name, value in notes.entries:
+        shown = f"{value:#x}" if isinstance(value, int) else repr(value)
+        print(f"xendbg:   {name:<20} {shown}", file=out)
+    lay = machine.layout
+    print(f"xendbg: domain {machine.domain.domid}: {machine.domain.nr_pages} pages, "
+          f"{lay.machine_frames} machine frames", file=out)
+    for region in lay.regions:
+        print(f"xendbg:   {region.name:<15} va {region.va:#x} pfn {region.pfn:#x} "
+              f"({region.pages} pages)", file=out)
+
+
+class _Until:
+    def __init__(self, pattern: str, machine: Machine) -> None:
+        self.regex = re.compile(pattern, re.MULTILINE)
+        self.machine = machine
+        self.text = ""
+        self.matched = False
+
+    def feed(self, data: bytes) -> None:
+        if self.matched:
+            return
+        self.text += data.decode("utf-8", errors="replace")
+        if self.regex.search(self.text):
+            self.matched = True
+            self.machine.request_stop("until")
+
+
+def run(opts: RunOptions) -> int:
+    stdout = sys.stdout.buffer
+    try:
+        if opts.until is not None:
+            re.compile(opts.until)
+    except re.error as exc:
+        print(f"xendbg: --until: bad regular expression: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        machine, image, _path = load(opts, progress=lambda msg: print(f"xendbg: {msg}",
+                                                                      file=sys.stderr))
+    except UsageError as exc:
+        print(f"xendbg: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if opts.stats:
+        describe_image(image, machine, sys.stderr)
+    if opts.input:
+        machine.console.queue_input(parse_escapes(opts.input))
+    until = _Until(opts.until, machine) if opts.until is not None else None
+    trace_file = open(opts.trace, "w") if opts.trace else None  # noqa: SIM115 - closed below
+
+    def on_event(event: Event) -> None:
+        if event.kind == "console":
+            data = event.data["data"]
+            stdout.write(data)
+            stdout.flush()
+            if until is not None:
+                until.feed(data)
+        elif event.kind == "hypercall" and trace_file is not None:
+            names = event.data["arg_names"]
+            record = {"insns": event.insns, "nr": event.data["nr"], "name": event.data["name"],
+                      "args": dict(zip(names, event.data["args"], strict=False)),
+                      "result": event.data["result"], "error": event.data["error"]}
+            trace_file.write(json.dumps(record) + "\n")
+
+    machine.listeners.append(on_event)
+    timed_out = threading.Event()
+    timer = None
+    if opts.timeout is not None:
+        def expire() -> None:
+            timed_out.set()
+            machine.pause()
+        timer = threading.Timer(opts.timeout, expire)
+        timer.daemon = True
+        timer.start()
+    start = time.perf_counter()
+    try:
+        reason = machine.run()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if trace_file is not None:
+            trace_file.close()
+    wall = time.perf_counter() - start
+    stdout.flush()
+    if opts.stats:
+        print_stats(machine, wall, sys.stderr)
+    return _exit_status(machine, reason, until, timed_out.is_set())
+
+
+def _exit_status(machine: Machine, reason: str, until, timed_out: bool) -> int:
+    d = machine.domain
+    if until is not None and until.matched:
+        return EXIT_OK
+    if reason == "pause" and timed_out:
+        print(f"\nxendbg: timeout: the guest ran for {machine.insns} instructions without "
+              "finishing", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if d.crashed:
+        print(f"\nxendbg: domain crashed: {d.crashed}", file=sys.stderr)
+        return EXIT_GUEST
+    if d.shutdown is not None:
+        if d.shutdown.reason == SHUTDOWN_poweroff:
+            if until is not None:
+                print("\nxendbg: the guest powered off before --until matched", file=sys.stderr)
+                return EXIT_GUEST
+            return EXIT_OK
+        code = f" (code {d.shutdown.code})" if d.shutdown.code is not None else ""
+        print(f"\nxendbg: domain shut down: {d.shutdown.name}{code}", file=sys.stderr)
+        return EXIT_GUEST
+    if reason == "blocked":
+        print("\nxendbg: the domain blocked with nothing to wake it (no pending event, no timer)",
+              file=sys.stderr)
+        return EXIT_GUEST
+    print(f"\nxendbg: stopped ({reason})", file=sys.stderr)
+    return EXIT_GUEST
+
+
+def print_stats(machine: Machine, wall: float, out) -> None:
+    insns = machine.insns
+    mips = insns / wall / 1e6 if wall > 0 else 0.0
+    print(f"xendbg: instructions {insns}", file=out)
+    print(f"xendbg: virtual time {insns / 1e9:.6f} s (virtual TSC {machine.read_tsc()})", file=out)
+    print(f"xendbg: wall time {wall:.3f} s ({mips:.1f} MIPS)", file=out)
+    stats = machine.stats
+    if stats.calls:
+        print("xendbg: hypercalls        calls   errors", file=out)
+        for name, count in sorted(stats.calls.items(), key=lambda kv: (-kv[1], kv[0])):
+            extra = "  (not implemented: -ENOSYS)" if name in stats.unimplemented else ""
+            print(f"xendbg:   {name:<22} {count:6d} {stats.errors.get(name, 0):6d}{extra}",
+                  file=out)
