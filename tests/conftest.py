@@ -56,3 +56,16 @@ def lab_machine():
                        BuildConfig(memory_mib=memory_mib, cmdline=cmdline, **kw))
 
     return make
+
+
+# -- scratch_va: a writable, otherwise unused guest page of a built machine (for hypercall args) ---
+# scratch_va(m) -> VA of a page in the start-of-day padding, mapped read-write, after the stack.
+
+
+@pytest.fixture
+def scratch_va():
+    def get(m) -> int:
+        stack = next(r for r in m.layout.regions if r.name == "boot stack")
+        return stack.va + (stack.pages << 12) + 0x1000
+
+    return get

@@ -18,7 +18,8 @@ SUBCOMMANDS = ("run", "guests")
 
 def _add_machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmdline", default="", metavar="S", help="the guest kernel's command line")
-    p.add_argument("--ramdisk", metavar="FILE", help="a module (initrd) for the guest")
+    p.add_argument("--ramdisk", metavar="FILE",
+                   help="a module (initrd) for the guest: a file, or busybox-initramfs")
     p.add_argument("--memory", type=int, metavar="MIB",
                    help="guest memory in MiB (default: enough for the image, at least 128)")
     p.add_argument("--p2m", choices=("shuffled", "linear"), default="shuffled",
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _guests(args) -> int:
-    from xendbg.guests import GuestError, fetch, list_guests
+    from xendbg.guests import GuestError, fetch_any, list_guests
     if args.guests_command == "list":
         rows = list_guests()
         width = max(len(g.name) for g in rows)
@@ -106,7 +107,7 @@ def _guests(args) -> int:
             print(f"{'':<{width}}  {g.description}")
         return 0
     try:
-        path = fetch(args.name, lambda msg: print(f"xendbg: {msg}", file=sys.stderr))
+        path = fetch_any(args.name, lambda msg: print(f"xendbg: {msg}", file=sys.stderr))
     except GuestError as exc:
         print(f"xendbg: {exc}", file=sys.stderr)
         return 2

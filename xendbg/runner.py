@@ -82,8 +82,11 @@ def load(opts: RunOptions, progress=None) -> tuple[Machine, KernelImage, Path]:
         raise UsageError(f"{path}: {exc}") from None
     ramdisk = None
     if opts.ramdisk:
+        from xendbg.guests import resolve_ramdisk
         try:
-            ramdisk = Path(opts.ramdisk).expanduser().read_bytes()
+            ramdisk = resolve_ramdisk(opts.ramdisk, progress=progress).read_bytes()
+        except GuestError as exc:
+            raise UsageError(str(exc)) from None
         except OSError as exc:
             raise UsageError(f"--ramdisk {opts.ramdisk}: {exc.strerror or exc}") from None
     memory = opts.memory if opts.memory is not None else default_memory(image)

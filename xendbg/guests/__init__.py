@@ -61,9 +61,16 @@ LAB_GUESTS: dict[str, Guest] = {g.name: g for g in (
     Guest("demo", "lab", "demo guest that exercises every mechanism in turn", "pv64"),
 )}
 
+RAMDISKS: dict[str, Guest] = {
+    "busybox-initramfs": Guest("busybox-initramfs", "ramdisk",
+                               "cpio initramfs: Debian's static BusyBox, /init starts a shell on "
+                               "the console", None),
+}
+
 GUESTS: dict[str, Guest] = {
     **LAB_GUESTS,
     **{g.name: Guest(g.name, g.kind, g.description, g.abi) for g in DEBIAN_GUESTS.values()},
+    **RAMDISKS,
 }
 
 
@@ -88,6 +95,10 @@ def guest_info(name: str) -> GuestInfo:
         path = lab_image(name)
         status = "built" if path.is_file() else "not built yet"
         path = path if path.is_file() else None
+    elif g.kind == "ramdisk":
+        from .initramfs import cached_initramfs
+        path = cached_initramfs()
+        status = f"cached at {path}" if path else "not built (`xendbg guests fetch " + name + "`)"
     else:
         path = cached_image(name)
         status = f"cached at {path}" if path else "not fetched"
@@ -133,8 +144,29 @@ def resolve_kernel(spec: str | os.PathLike[str], *, fetch_missing: bool = True,
                      "`xendbg guests list` shows the known ones")
 
 
+def fetch_any(name: str, progress: Callable[[str], None] | None = None) -> Path:
+    """``xendbg guests fetch NAME``: a Debian guest or tool, or a ramdisk xendbg builds."""
+    if name in RAMDISKS:
+        from .initramfs import fetch_initramfs
+        return fetch_initramfs(progress)
+    return fetch(name, progress)
+
+
+def resolve_ramdisk(spec: str | os.PathLike[str], *,
+                    progress: Callable[[str], None] | None = None) -> Path:
+    """``--ramdisk``: an existing file, or a ramdisk known by name (built on first use)."""
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if text in RAMDISKS:
+        return fetch_any(text, progress)
+    raise GuestError(f"--ramdisk {text}: no such file, nor a known ramdisk "
+                     f"({', '.join(RAMDISKS)})")
+
+
 __all__ = [
     "Guest", "GuestInfo", "GuestError", "GUESTS", "LAB_GUESTS", "DEBIAN_GUESTS", "IMAGES_DIR",
     "cache_dir", "cached_image", "fetch", "get_guest", "guest_info", "lab_image", "list_guests",
-    "resolve_kernel",
+    "resolve_kernel", "resolve_ramdisk", "fetch_any", "RAMDISKS",
 ]

@@ -55,6 +55,7 @@ class Vcpu:
     gs_base_kernel: int = 0
     gs_base_user: int = 0
     iopl: int = 0                       # virtual IOPL (physdev_op set_iopl)
+    iobitmap: tuple[int, int] | None = None   # (guest VA, nr_ports) from set_iobitmap
     vcpu_info_ma: int = 0               # machine address of this vCPU's vcpu_info
     faults_in_delivery: int = 0         # nested-fault guard for bounce delivery
 
@@ -90,6 +91,7 @@ class Domain:
     crashed: str | None = None           # why the domain was crashed, if it was
     shutdown_code: int | None = None     # SCHEDOP_shutdown_code
     features_required: frozenset[int] = frozenset()
+    pirq_eoi_map_mfn: int = 0            # physdev_op pirq_eoi_gmfn
 
     @property
     def dying(self) -> bool:

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xendbg.machine import callback, descriptor_tables, iret, kernel, sched
+from xendbg.machine import callback, descriptor_tables, iret, kernel, multicall, physdev, sched
 from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.errno import EFAULT, ENOSYS
 
@@ -97,13 +97,13 @@ TABLE: tuple[HypercallDef, ...] = (
                  handler32=descriptor_tables.do_update_descriptor32,
                  args32=("ma_lo", "ma_hi", "desc_lo", "desc_hi")),
     _unimplemented("memory_op", "cmd", "arg"),
-    _unimplemented("multicall", "call_list", "nr_calls"),
+    HypercallDef(13, "multicall", multicall.do_multicall, ("call_list", "nr_calls")),
     _unimplemented("update_va_mapping", "va", "val", "flags"),
     _unimplemented("set_timer_op", "timeout"),
     HypercallDef(16, "event_channel_op_compat", do_event_channel_op_compat, ("op",)),
     HypercallDef(17, "xen_version", kernel.do_xen_version, ("cmd", "arg")),
     HypercallDef(18, "console_io", do_console_io, ("cmd", "count", "buf")),
-    _unimplemented("physdev_op_compat", "op"),
+    HypercallDef(19, "physdev_op_compat", physdev.do_physdev_op_compat, ("op",)),
     _unimplemented("grant_table_op", "cmd", "uop", "count"),
     HypercallDef(21, "vm_assist", kernel.do_vm_assist, ("cmd", "type")),
     _unimplemented("update_va_mapping_otherdomain", "va", "val", "flags", "domid"),
@@ -117,7 +117,7 @@ TABLE: tuple[HypercallDef, ...] = (
     HypercallDef(30, "callback_op", callback.do_callback_op, ("cmd", "arg")),
     _unimplemented("xenoprof_op", "op", "arg"),
     HypercallDef(32, "event_channel_op", do_event_channel_op, ("cmd", "arg")),
-    _unimplemented("physdev_op", "cmd", "arg"),
+    HypercallDef(33, "physdev_op", physdev.do_physdev_op, ("cmd", "arg")),
     _unimplemented("hvm_op", "op", "arg"),
     _unimplemented("sysctl", "op"),
     _unimplemented("domctl", "op"),

@@ -38,6 +38,7 @@ from xendbg.machine.guestmem import GuestMemory
 from xendbg.machine.iret import NO_RESULT
 from xendbg.machine.memory import PAGE_SHIFT
 from xendbg.machine.mmu import Mmu
+from xendbg.machine.multicall import Multicalls
 from xendbg.machine.traps import ERROR_CODE_VECTORS, TrapBouncer
 from xendbg.machine.xenarea import GDT_LIMIT, RING0_CS_32, RING0_DS
 from xendbg.machine.xenstore import XenStore
@@ -106,6 +107,7 @@ class Machine:
         self.counter.install()
         self.clock = Clock(self)
         self.mmu = Mmu(self)
+        self.multicalls = Multicalls()
         self._setup_cpu()
 
     # -- CPU set-up ----------------------------------------------------------------------------
@@ -362,6 +364,17 @@ class Machine:
             self._in_syscall_hook = False
 
     def hypercall(self, nr: int, args: list[int], ip: int) -> None:
+        """A hypercall trapped at ``ip``: run it, put the result in rAX, deliver due events."""
+        result = self.dispatch(nr, args, ip)
+        if result is not NO_RESULT:
+            self.cpu.uc.reg_write(self.cpu.ax_reg, result & self._word_mask)
+        self.check_events()
+
+    def dispatch(self, nr: int, args: list[int], ip: int, multicall: int | None = None):
+        """Look ``nr`` up in the table and run its handler; return its result (or NO_RESULT).
+
+        ``multicall`` is the entry index when called from a multicall batch (for the trace).
+        """
         nr &= self._word_mask
         d = hypercalls.BY_NR.get(nr) if nr < hypercalls.NR_HYPERCALLS else None
         handler = d.handler_for(self.abi.bits) if d is not None else None
@@ -374,17 +387,14 @@ class Machine:
         else:
             result = handler(self, *args)
         self.stats.calls[name] += 1
-        if result is not NO_RESULT:
-            value = result & self._word_mask
-            self.cpu.uc.reg_write(self.cpu.ax_reg, value)
-            if isinstance(result, int) and -4096 < result < 0:
-                self.stats.errors[name] += 1
+        if isinstance(result, int) and -4096 < result < 0:
+            self.stats.errors[name] += 1
         if self.listeners:
             shown = None if result is NO_RESULT else result
             self.emit("hypercall", nr=nr, name=name, args=args, ip=ip, result=shown,
                       error=errno_name(shown) if shown is not None and -4096 < shown < 0 else None,
-                      arg_names=d.args_for(self.abi.bits) if d else ())
-        self.check_events()
+                      arg_names=d.args_for(self.abi.bits) if d else (), multicall=multicall)
+        return result
 
     # -- hooks: exceptions -----------------------------------------------------------------------
     def _on_intr(self, uc, intno: int, _user_data) -> None:
