@@ -4,6 +4,7 @@
     xendbg run KERNEL …        run headless; the guest console goes to stdout
     xendbg guests list         the guests xendbg knows by name
     xendbg guests fetch NAME   download a Debian guest into the cache; print its image path
+    xendbg lab [N] [--check]   the labs: list, read a guide, judge a lab's guests
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from xendbg import __version__
 
-SUBCOMMANDS = ("run", "guests")
+SUBCOMMANDS = ("run", "guests", "lab")
 
 
 def _add_machine_options(p: argparse.ArgumentParser) -> None:
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = gsub.add_parser("fetch", help="download a Debian guest (apt-get download) into the "
                                           "cache; the image path is printed last")
     fetch.add_argument("name", metavar="NAME")
+
+    lab = sub.add_parser("lab", help="the labs: list them, read a guide, check a lab's guests",
+                         description="Without LAB: list the labs. With LAB (number or name): "
+                                     "print its guide, or with --check run its guests and "
+                                     "judge their CHECK lines (exit 0 when all pass).")
+    lab.add_argument("lab", metavar="LAB", nargs="?")
+    lab.add_argument("--check", action="store_true", help="run the lab's guests and judge them")
     return parser
 
 
@@ -89,11 +97,45 @@ def main(argv: list[str] | None = None) -> int:
                                   p2m=args.p2m))
         if args.command == "guests":
             return _guests(args)
+        if args.command == "lab":
+            return _lab(args)
         build_parser().print_help()
         return 0
     args = build_tui_parser().parse_args(argv)
     from xendbg.app import run_app
     return run_app(args)
+
+
+def _lab(args) -> int:
+    from xendbg.guests import guest_info
+    from xendbg.labs import LABS, find
+    if args.lab is None:
+        for lab in LABS:
+            status = ", ".join(f"{g}: {guest_info(g).status}" for g in lab.guests)
+            print(f"lab {lab.number}  {lab.title}")
+            print(f"       {status}")
+        return 0
+    lab = find(args.lab)
+    if lab is None:
+        print(f"xendbg: no lab {args.lab!r}; `xendbg lab` lists them", file=sys.stderr)
+        return 2
+    if not args.check:
+        print(lab.guide.read_text(), end="")
+        return 0
+    from xendbg.labs.check import run_guest
+    ok = True
+    for guest in lab.guests:
+        run = run_guest(guest)
+        if run.error:
+            print(f"{guest}: cannot run: {run.error}")
+            ok = False
+            continue
+        for name, passed, why in run.checks:
+            print(f"{guest}: {name:<24} {'ok' if passed else 'FAIL ' + why}")
+        verdict = "PASS" if run.passed else "FAIL"
+        print(f"{guest}: {verdict} ({len(run.checks)} checks, {run.ended})")
+        ok = ok and run.passed
+    return 0 if ok else 1
 
 
 def _guests(args) -> int:
