@@ -1,120 +1,84 @@
-"""The Textual front end (a first screen; the full debugger TUI is being built on the same session).
+"""The Textual app: ``xendbg [KERNEL]`` opens the debugger (no KERNEL: the built-in demo guest).
 
-It builds the machine for KERNEL (default: the built-in demo guest), runs it in a worker thread in
-bounded slices, and shows the guest console and the machine's state as it goes. The emulator never
-runs on the UI thread; the UI receives console data through thread-safe messages.
+Thin on purpose: the app holds the options, the stylesheet, the quit binding and the command
+palette's commands; :class:`~xendbg.views.screens.main.MainScreen` composes the panels and owns the
+:class:`~xendbg.views.driver.Driver`, which runs the machine in a worker thread.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
-from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical
-from textual.message import Message
-from textual.widgets import Footer, Header, Log, Static
+from textual.screen import Screen
 
-from xendbg.runner import RunOptions, UsageError, load
+from xendbg.runner import RunOptions
+from xendbg.views.driver import Loaded
+from xendbg.views.screens.main import XEN_TABS, MainScreen
 
-DEMO_GUEST = "hello-pv64"          # until the dedicated ``demo`` guest lands
-SLICE = 2_000_000                  # guest instructions per slice between UI updates
+DEMO_GUEST = "demo"                # the built-in demo guest (xendbg/guests/src/demo.S)
+
+
+def loader(opts: RunOptions, symbols_file: str | None = None):
+    """Build the machine for ``opts`` (on the emulator thread) with the guest's symbols."""
+
+    def load() -> Loaded:
+        from xendbg.debugger import symbols_for_image
+        from xendbg.runner import load as load_machine
+        machine, image, path = load_machine(opts)
+        symbols = symbols_for_image(image, symbols_file)
+        return Loaded(machine, symbols, path.name,
+                      f"{image.abi}, {machine.domain.nr_pages} pages, {len(symbols)} symbols")
+
+    return load
 
 
 class XendbgApp(App):
     TITLE = "xendbg"
-    BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("p", "pause", "Pause"),
-        Binding("c", "resume", "Continue"),
-    ]
-    CSS = """
-    #status { height: 3; border: round $accent; padding: 0 1; }
-    #console { border: round $primary; }
-    """
+    CSS_PATH = "app.tcss"
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
 
-    class ConsoleData(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    class Status(Message):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    def __init__(self, opts: RunOptions) -> None:
+    def __init__(self, opts: RunOptions, *, show_speed: bool = True) -> None:
         super().__init__()
         self.opts = opts
-        self.machine = None
-        self._paused = False
-
-    def compose(self) -> ComposeResult:
-        yield Header(show_clock=False)
-        with Vertical():
-            yield Static("loading…", id="status")
-            yield Log(id="console", highlight=False)
-        yield Footer()
+        self.show_speed = show_speed
 
     def on_mount(self) -> None:
         self.sub_title = self.opts.kernel
-        try:
-            self.machine, _image, path = load(self.opts)
-        except UsageError as exc:
-            self.query_one("#status", Static).update(f"cannot load: {exc}")
+        self.push_screen(MainScreen(loader(self.opts, self.opts.symbols), self.show_speed))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        if not isinstance(screen, MainScreen):
             return
-        self.machine.listeners.append(self._on_machine_event)
-        self.sub_title = str(path)
-        self.run_guest()
-
-    def _on_machine_event(self, event) -> None:
-        if event.kind == "console":    # called on the worker thread: post, never touch widgets
-            self.post_message(self.ConsoleData(event.data["data"].decode("utf-8", "replace")))
-
-    @work(thread=True, exclusive=True)
-    def run_guest(self) -> None:
-        m = self.machine
-        while True:
-            reason = m.run(SLICE)
-            self.post_message(self.Status(self._status_text(reason)))
-            if reason != "budget":
-                return
-
-    def _status_text(self, reason: str) -> str:
-        m = self.machine
-        d = m.domain
-        if d.crashed:
-            state = f"crashed: {d.crashed}"
-        elif d.shutdown:
-            state = f"shut down ({d.shutdown.name})"
-        elif reason == "blocked":
-            state = "blocked (nothing can wake it)"
-        elif reason == "pause":
-            state = "paused"
-        else:
-            state = "running"
-        calls = sum(m.stats.calls.values())
-        return f"{state} — {m.insns} instructions, {calls} hypercalls, rip {m.cpu.ip:#x}"
-
-    def on_xendbg_app_console_data(self, message: ConsoleData) -> None:
-        self.query_one("#console", Log).write(message.text)
-
-    def on_xendbg_app_status(self, message: Status) -> None:
-        self.query_one("#status", Static).update(message.text)
-
-    def action_pause(self) -> None:
-        if self.machine is not None:
-            self.machine.pause()
-
-    def action_resume(self) -> None:
-        if self.machine is not None and not self.machine.domain.dying:
-            self.run_guest()
+        for title, command, help_text in (
+                ("Continue", "continue", "run until something stops the guest (F5)"),
+                ("Pause", None, "stop the running guest (F6)"),
+                ("Step one instruction", "stepi", "execute one guest instruction (F7)"),
+                ("Step to the next hypercall", "step-hypercall",
+                 "run to the next hypercall's entry, decoded (F8)"),
+                ("Finish the hypercall", "finish-hypercall",
+                 "let Xen make the call stopped at, show what changed (F9)"),
+                ("List breakpoints", "info breakpoints", "every breakpoint and watchpoint")):
+            if command is None:
+                yield SystemCommand(title, help_text, screen.action_pause)
+            else:
+                yield SystemCommand(title, help_text, lambda c=command: screen.execute(c))
+        for tab_id, title, _panel in XEN_TABS:
+            yield SystemCommand(f"Show {title}", f"the {title} panel",
+                                lambda t=tab_id: screen.show_tab(t))
+        for tab_id, title in (("tab-console", "console"), ("tab-hypercalls", "hypercall log"),
+                              ("tab-commands", "command output")):
+            yield SystemCommand(f"Show the {title}", f"the {title} tab",
+                                lambda t=tab_id: screen.show_tab(t))
 
 
 def run_app(args) -> int:
     opts = RunOptions(kernel=args.kernel or DEMO_GUEST, cmdline=args.cmdline,
-                      ramdisk=args.ramdisk, memory=args.memory, p2m=args.p2m)
+                      ramdisk=args.ramdisk, memory=args.memory, p2m=args.p2m,
+                      symbols=getattr(args, "symbols", None))
     if not sys.stdout.isatty():
         print("xendbg: the debugger needs a terminal; use `xendbg run` for headless runs",
               file=sys.stderr)

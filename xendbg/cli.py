@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(run)
     run.add_argument("--until", metavar="REGEX",
                      help="stop with status 0 once the console output matches this Python "
-                          "regular expression (multiline)")
+                          "regular expression (multiline), matched against the lines as a "
+                          "terminal shows them: a line break written with a CR in any order "
+                          "(GRUB's \\n\\r, \\r\\r\\n) counts as \\r\\n")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="stop with status 3 after this much wall-clock time")
     run.add_argument("--input", metavar="TEXT",
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="FILE",
                      help="write one JSON object per hypercall (name, arguments, result, "
                           "instruction count)")
+    run.add_argument("--script", metavar="FILE",
+                     help="run debugger commands from FILE (one per line, # comments) before and "
+                          "between stops; the run ends after the last one. Exit status 0 if all "
+                          "succeeded, 4 if one failed (see `help` in a script)")
+    run.add_argument("--symbols", metavar="FILE",
+                     help="a System.map for the debugger (added to the image's own symbols)")
 
     guests = sub.add_parser("guests", help="list known guests, fetch Debian ones")
     gsub = guests.add_subparsers(dest="guests_command", metavar="ACTION", required=True)
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(RunOptions(kernel=args.kernel, cmdline=args.cmdline, ramdisk=args.ramdisk,
                                   memory=args.memory, until=args.until, timeout=args.timeout,
                                   input=args.input, stats=args.stats, trace=args.trace,
-                                  p2m=args.p2m))
+                                  p2m=args.p2m, script=args.script, symbols=args.symbols))
         if args.command == "guests":
             return _guests(args)
         if args.command == "lab":

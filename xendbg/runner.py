@@ -3,10 +3,16 @@
 Exit status: 0 when the guest powered off or ``--until`` matched; 1 when the domain crashed,
 rebooted, shut down otherwise, or blocked with nothing to wake it (the reason on stderr); 2 for bad
 usage or a bad input file; 3 when ``--timeout`` expired.
+
+With ``--script FILE`` the run is driven by debugger commands (:mod:`xendbg.debugger.script`): they
+run in order, before and between stops, and the run ends after the last one. Status 0 when every
+command succeeded, 4 when one failed (its error printed; the script stops there), 3 on --timeout,
+2 for bad usage (an unreadable script or --symbols file).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import sys
@@ -20,7 +26,7 @@ from xendbg.machine.builder import BuildConfig, BuildError
 from xendbg.machine.loader import ImageError, KernelImage, load_kernel
 from xendbg.machine.machine import Event, Machine
 
-EXIT_OK, EXIT_GUEST, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_OK, EXIT_GUEST, EXIT_USAGE, EXIT_TIMEOUT, EXIT_SCRIPT = 0, 1, 2, 3, 4
 
 
 class UsageError(Exception):
@@ -61,6 +67,8 @@ class RunOptions:
     stats: bool = False
     trace: str | None = None
     p2m: str = "shuffled"
+    script: str | None = None         # debugger commands to run (xendbg.debugger.script)
+    symbols: str | None = None        # a System.map for the debugger
 
 
 def default_memory(image: KernelImage) -> int:
@@ -113,17 +121,56 @@ def describe_image(image: KernelImage, machine: Machine, out) -> None:
               f"({region.pages} pages)", file=out)
 
 
+# A maximal run of CRs and LFs between two other characters. When it holds at least one CR and
+# one LF, a terminal ends one line per LF and leaves the cursor at column 0 whatever the order (a
+# CR at column 0 does nothing): the run renders exactly as that many CR LF pairs.
+_BREAK_RUN = re.compile(r"[\r\n]+")
+_TRAILING_BREAKS = re.compile(r"[\r\n]*\Z")
+
+
+def _render_run(match: re.Match) -> str:
+    run = match.group()
+    if "\r" in run and "\n" in run:
+        return "\r\n" * run.count("\n")
+    return run
+
+
+def render_line_breaks(text: str) -> str:
+    r"""The console text with each line break written as a terminal renders it.
+
+    xenconsoled copies the ring to the pty byte for byte and ``xl console`` puts the terminal in
+    raw mode, so the guest's bytes reach the terminal unchanged. GRUB ends its lines with
+    ``\n\r``, which a terminal shows exactly as ``\r\n`` (so is ``\r\r\n``; ``\n\n\r`` as two
+    ``\r\n``). A run of line breaks that holds a CR becomes ``\r\n`` per LF; a run without one
+    (bare ``\n``, which a raw terminal does not return to column 0) and a CR inside a line are
+    kept as sent.
+    """
+    return _BREAK_RUN.sub(_render_run, text)
+
+
 class _Until:
+    r"""``--until``: the regex is searched in the console text as a terminal renders its lines
+    (:func:`render_line_breaks`), so ``(?m)^xen dbg\r?$`` matches GRUB's ``\n\rxen dbg\n\r``."""
+
     def __init__(self, pattern: str, machine: Machine) -> None:
         self.regex = re.compile(pattern, re.MULTILINE)
         self.machine = machine
-        self.text = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stable = ""    # rendered text up to the trailing run of CR/LF (it cannot change)
+        self._tail = ""      # that trailing run, raw: the next chunk may continue it
         self.matched = False
+
+    @property
+    def text(self) -> str:
+        return self._stable + render_line_breaks(self._tail)
 
     def feed(self, data: bytes) -> None:
         if self.matched:
             return
-        self.text += data.decode("utf-8", errors="replace")
+        raw = self._tail + self._decoder.decode(data)
+        cut = _TRAILING_BREAKS.search(raw).start()
+        self._stable += render_line_breaks(raw[:cut])
+        self._tail = raw[cut:]
         if self.regex.search(self.text):
             self.matched = True
             self.machine.request_stop("until")
@@ -137,6 +184,19 @@ def run(opts: RunOptions) -> int:
     except re.error as exc:
         print(f"xendbg: --until: bad regular expression: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    script_lines = None
+    if opts.script is not None:
+        if opts.until is not None:
+            print("xendbg: --until cannot be combined with --script (use `break console REGEX` "
+                  "in the script)", file=sys.stderr)
+            return EXIT_USAGE
+        from xendbg.debugger.script import read_script
+        try:
+            script_lines = read_script(Path(opts.script).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"xendbg: --script {opts.script}: {getattr(exc, 'strerror', None) or exc}",
+                  file=sys.stderr)
+            return EXIT_USAGE
     try:
         machine, image, _path = load(opts, progress=lambda msg: print(f"xendbg: {msg}",
                                                                       file=sys.stderr))
@@ -145,6 +205,15 @@ def run(opts: RunOptions) -> int:
         return EXIT_USAGE
     if opts.stats:
         describe_image(image, machine, sys.stderr)
+    session = None
+    if script_lines is not None or opts.symbols is not None:
+        from xendbg.debugger import Session, SymbolError, symbols_for_image
+        try:
+            symbols = symbols_for_image(image, opts.symbols)
+        except SymbolError as exc:
+            print(f"xendbg: --symbols: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        session = Session(machine, symbols)
     if opts.input:
         machine.console.queue_input(parse_escapes(opts.input))
     until = _Until(opts.until, machine) if opts.until is not None else None
@@ -175,8 +244,19 @@ def run(opts: RunOptions) -> int:
         timer.daemon = True
         timer.start()
     start = time.perf_counter()
+    outcome = None
     try:
-        reason = machine.run()
+        if session is not None and script_lines is not None:
+            from xendbg.debugger.script import run_script
+
+            def write(text: str) -> None:
+                stdout.write(text.encode("utf-8", "replace"))
+                stdout.flush()
+
+            outcome = run_script(session, script_lines, write, timed_out.is_set)
+            reason = "script"
+        else:
+            reason = machine.run()
     finally:
         if timer is not None:
             timer.cancel()
@@ -186,7 +266,22 @@ def run(opts: RunOptions) -> int:
     stdout.flush()
     if opts.stats:
         print_stats(machine, wall, sys.stderr)
+    if outcome is not None:
+        return _script_status(opts.script, script_lines, outcome, machine, timed_out.is_set())
     return _exit_status(machine, reason, until, timed_out.is_set())
+
+
+def _script_status(path, lines, outcome, machine: Machine, timed_out: bool) -> int:
+    if timed_out:
+        print(f"\nxendbg: timeout: the script did not finish (the guest ran {machine.insns} "
+              "instructions)", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if not outcome.ok:
+        command = dict(lines).get(outcome.failed_line, "")
+        print(f"xendbg: {path}:{outcome.failed_line}: `{command}` failed: {outcome.error}",
+              file=sys.stderr)
+        return EXIT_SCRIPT
+    return EXIT_OK
 
 
 def _exit_status(machine: Machine, reason: str, until, timed_out: bool) -> int:

@@ -219,6 +219,10 @@ class Cpu:
         Must run before any register write in the hook, because the context restore it does
         overwrites the registers with their values at entry.
         """
+        return self._reset_old_exception()
+
+    def _reset_old_exception(self) -> int:
+        """Clear ``env->old_exception`` through the CPU context; return ``env->error_code``."""
         uclib.uc_context_save(self.uc._uch, self._ctx_ptr)
         base = self._ctx_addr + self._error_code_off
         error_code = ctypes.c_int32.from_address(base).value & 0xFFFFFFFF
@@ -284,6 +288,12 @@ class Cpu:
 
     # -- running --------------------------------------------------------------------------------
     def start(self, begin: int, until: int) -> None:
+        # When emulation ends, Unicorn drops the translation at ``until - 1``; translating that
+        # address with the guest's privilege faults when ``until`` is in a page the guest may not
+        # touch (Xen's area, from a ring-3 pv64 kernel), and the swallowed #PF leaves
+        # ``old_exception`` set. The guest's next #GP or #PF would then arrive as a #DF (found by
+        # the hypercall fuzzer: every first fault of a run slice). Clear it before each start.
+        self._reset_old_exception()
         self.uc.emu_start(begin, until)
 
     def stop(self) -> None:

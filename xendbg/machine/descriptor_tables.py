@@ -13,6 +13,12 @@ descriptor after the same check. The check (Xen's ``check_descriptor``):
 
 xendbg also sets the accessed bit of code/data descriptors, so that the CPU never has to write the
 (read-only mapped) table; hardware would set it on first use anyway.
+
+Descriptor frames are a page type of their own (``seg_desc``, see ``mmu/page_types.py``): ``set_gdt``
+takes a reference and a ``seg_desc`` type reference on each frame — which validates the frame the
+first time, and fails while the frame is mapped writable anywhere — and drops those of the GDT it
+replaces; ``update_descriptor`` writes only into a frame that is either a descriptor page or can be
+typed writable at that moment (not a page table in use).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import struct
 from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.errno import EFAULT, EINVAL
 from xendbg.machine.memory import PAGE_SHIFT
+from xendbg.machine.mmu.page_types import T_SEG_DESC, T_WRITABLE
 from xendbg.machine.xenarea import FIRST_RESERVED_GDT_ENTRY
 
 _S = 1 << 44           # descriptor bits, counted in the 64-bit value
@@ -54,17 +61,18 @@ def check_descriptor(desc: int, bits: int) -> int | None:
     return desc
 
 
-def _check_frame(m, mfn: int) -> bool:
-    """Validate and fix up all 512 descriptors of a prospective GDT frame."""
+def check_descriptor_page(memory, mfn: int, bits: int) -> bool:
+    """Xen's ``validate_segdesc_page``: check all 512 descriptors of a frame, fixing up DPL and the
+    accessed bit in place as ``check_descriptor`` does; False at the first one Xen refuses."""
     base = mfn << PAGE_SHIFT
-    table = m.memory.bytes[base:base + 4096].view("<u8")
+    table = memory.bytes[base:base + 4096].view("<u8")
     fixed = []
     for value in table.tolist():
-        new = check_descriptor(value, m.abi.bits)
+        new = check_descriptor(value, bits)
         if new is None:
             return False
         fixed.append(new)
-    m.memory.write(base, struct.pack("<512Q", *fixed))
+    memory.write(base, struct.pack("<512Q", *fixed))
     return True
 
 
@@ -79,13 +87,17 @@ def do_set_gdt(m, frame_list: int, entries: int) -> int:
         if gmfn is None:
             return -EFAULT
         frames.append(gmfn)
-    for mfn in frames:
-        if not m.owns_frame(mfn):
-            return -EINVAL
-    for mfn in frames:
-        if not _check_frame(m, mfn):
+    pt = m.mmu.pt
+    pt.begin()
+    for i, mfn in enumerate(frames):
+        if pt.get_page_and_type(mfn, T_SEG_DESC, f"set_gdt frame {i}"):
+            for taken in frames[:i]:
+                pt.put_page_and_type(taken)
+            m.mmu.reject(f"set_gdt frame {i}", -EINVAL)
             return -EINVAL
     vcpu = m.vcpu
+    for old in vcpu.gdt_frames:                 # pv_destroy_gdt
+        pt.put_page_and_type(old)
     vcpu.gdt_frames = frames
     vcpu.gdt_entries = entries
     m.xen_area.map_gdt_frames(m.memory, frames)
@@ -95,12 +107,22 @@ def do_set_gdt(m, frame_list: int, entries: int) -> int:
 
 def do_update_descriptor(m, maddr: int, desc: int) -> int:
     mfn = maddr >> PAGE_SHIFT
-    if maddr & 7 or not m.owns_frame(mfn):
-        return -EINVAL
+    pt = m.mmu.pt
+    pt.begin()
     new = check_descriptor(desc & 0xFFFFFFFFFFFFFFFF, m.abi.bits)
-    if new is None:
+    if maddr & 7 or not m.memory.is_valid_mfn(mfn) or new is None:
+        return -EINVAL
+    if not pt.get_page(mfn):
+        return -EINVAL
+    # The frame may be written only if it is a descriptor page, or could be mapped writable now.
+    want = T_SEG_DESC if int(pt.type[mfn]) == T_SEG_DESC else T_WRITABLE
+    if pt.get_page_type(mfn, want, "update_descriptor"):
+        pt.put_page(mfn)
+        m.mmu.reject("update_descriptor", -EINVAL)
         return -EINVAL
     m.memory.write_u64(maddr, new)
+    pt.put_page_type(mfn)
+    pt.put_page(mfn)
     return 0
 
 

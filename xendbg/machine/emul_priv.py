@@ -131,7 +131,8 @@ def _rdmsr(m, ip: int, length: int) -> bool:
     msr, _, _ = _regs_edx_eax(m)
     v = m.vcpu
     values = {priv.MSR_PAT: priv.PAT_VALUE, priv.MSR_MISC_ENABLE: priv.MISC_ENABLE_VALUE,
-              priv.MSR_TSC: m.read_tsc(), priv.MSR_PLATFORM_ID: 0}
+              priv.MSR_TSC: m.read_tsc(), priv.MSR_PLATFORM_ID: 0,
+              priv.MSR_UCODE_REV: priv.UCODE_REV_VALUE}
     if m.is64:
         values.update({priv.MSR_FS_BASE: v.fs_base, priv.MSR_GS_BASE: v.gs_base_kernel,
                        priv.MSR_SHADOW_GS_BASE: v.gs_base_user,
@@ -166,6 +167,8 @@ def _wrmsr(m, ip: int, length: int) -> bool:
             v.gs_base_user = value
         m.load_segment_bases()
     elif msr == priv.MSR_PAT and value == priv.PAT_VALUE:
+        pass
+    elif msr == priv.MSR_UCODE_REV:
         pass
     else:
         return False

@@ -8,13 +8,14 @@ the dispatcher, the ``--trace`` writer, ``--stats`` and the debugger's panels.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xendbg.machine import callback, descriptor_tables, iret, kernel, multicall, physdev, sched
+import xendbg.machine.vcpu_op as vcpu_op
+from xendbg.machine import callback, descriptor_tables, grant_table, iret, kernel, multicall, physdev, sched
 from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.errno import EFAULT, ENOSYS
+from xendbg.machine.mmu import memory_op, mmu_update, mmuext
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,8 @@ def do_event_channel_op(m, cmd: int, arg: int) -> int:
 
 def do_event_channel_op_compat(m, arg: int) -> int:
     """The old form: one ``struct evtchn_op {u32 cmd; union u}`` (28 bytes)."""
-    raw = m.guest.read(arg, 4)
-    if raw is None:
-        return -EFAULT
-    (cmd,) = struct.unpack("<I", raw)
-    return do_event_channel_op(m, cmd, arg + 4)
+    return m.evtchn.op_compat(lambda n: m.guest.read(arg, n),
+                              lambda off, data: m.guest.write(arg + off, data))
 
 
 def _unimplemented(name: str, *args: str) -> HypercallDef:
@@ -82,7 +80,7 @@ def _unimplemented(name: str, *args: str) -> HypercallDef:
 
 TABLE: tuple[HypercallDef, ...] = (
     HypercallDef(0, "set_trap_table", callback.do_set_trap_table, ("traps",)),
-    _unimplemented("mmu_update", "req", "count", "done", "foreigndom"),
+    HypercallDef(1, "mmu_update", mmu_update.do_mmu_update, ("req", "count", "done", "foreigndom")),
     HypercallDef(2, "set_gdt", descriptor_tables.do_set_gdt, ("frame_list", "entries")),
     HypercallDef(3, "stack_switch", callback.do_stack_switch, ("ss", "sp")),
     HypercallDef(4, "set_callbacks", callback.do_set_callbacks,
@@ -96,21 +94,27 @@ TABLE: tuple[HypercallDef, ...] = (
     HypercallDef(10, "update_descriptor", descriptor_tables.do_update_descriptor, ("ma", "desc"),
                  handler32=descriptor_tables.do_update_descriptor32,
                  args32=("ma_lo", "ma_hi", "desc_lo", "desc_hi")),
-    _unimplemented("memory_op", "cmd", "arg"),
+    HypercallDef(12, "memory_op", memory_op.do_memory_op, ("cmd", "arg")),
     HypercallDef(13, "multicall", multicall.do_multicall, ("call_list", "nr_calls")),
-    _unimplemented("update_va_mapping", "va", "val", "flags"),
-    _unimplemented("set_timer_op", "timeout"),
+    HypercallDef(14, "update_va_mapping", mmu_update.do_update_va_mapping, ("va", "val", "flags"),
+                 handler32=mmu_update.do_update_va_mapping32,
+                 args32=("va", "val_lo", "val_hi", "flags")),
+    HypercallDef(15, "set_timer_op", vcpu_op.do_set_timer_op, ("timeout",),
+                 handler32=vcpu_op.do_set_timer_op32, args32=("timeout_lo", "timeout_hi")),
     HypercallDef(16, "event_channel_op_compat", do_event_channel_op_compat, ("op",)),
     HypercallDef(17, "xen_version", kernel.do_xen_version, ("cmd", "arg")),
     HypercallDef(18, "console_io", do_console_io, ("cmd", "count", "buf")),
     HypercallDef(19, "physdev_op_compat", physdev.do_physdev_op_compat, ("op",)),
-    _unimplemented("grant_table_op", "cmd", "uop", "count"),
+    HypercallDef(20, "grant_table_op", grant_table.do_grant_table_op, ("cmd", "uop", "count")),
     HypercallDef(21, "vm_assist", kernel.do_vm_assist, ("cmd", "type")),
-    _unimplemented("update_va_mapping_otherdomain", "va", "val", "flags", "domid"),
+    HypercallDef(22, "update_va_mapping_otherdomain", mmu_update.do_update_va_mapping_otherdomain,
+                 ("va", "val", "flags", "domid"),
+                 handler32=mmu_update.do_update_va_mapping_otherdomain32,
+                 args32=("va", "val_lo", "val_hi", "flags", "domid")),
     HypercallDef(23, "iret", iret.do_iret, ()),
-    _unimplemented("vcpu_op", "cmd", "vcpuid", "extra"),
+    HypercallDef(24, "vcpu_op", vcpu_op.do_vcpu_op, ("cmd", "vcpuid", "extra")),
     HypercallDef(25, "set_segment_base", descriptor_tables.do_set_segment_base, ("which", "base")),
-    _unimplemented("mmuext_op", "op", "count", "done", "foreigndom"),
+    HypercallDef(26, "mmuext_op", mmuext.do_mmuext_op, ("op", "count", "done", "foreigndom")),
     _unimplemented("xsm_op", "op"),
     _unimplemented("nmi_op", "cmd", "arg"),
     HypercallDef(29, "sched_op", sched.do_sched_op, ("cmd", "arg")),

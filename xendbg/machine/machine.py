@@ -7,8 +7,9 @@ every hook body is guarded: a Python exception in xendbg's own code crashes the 
 "internal error" reason (and is kept in ``internal_errors`` for tests and the fuzzer); it never
 unwinds through Unicorn.
 
-Structured events go to subscribers (``listeners``): ``hypercall``, ``console``, ``trap``,
-``upcall``, ``shutdown``, ``crash``. The machine never prints.
+Structured events go to subscribers (``listeners``): ``hypercall_entry`` (before the handler runs),
+``hypercall`` (after it), ``console``, ``trap``, ``upcall``, ``shutdown``, ``crash``, and ``tick``
+(every ``tick_interval`` instructions, when set). The machine never prints.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import capstone
-from unicorn import UcError
+from unicorn import UC_HOOK_CODE, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MEM_WRITE, UcError
 from unicorn import x86_const as U
 
 from xendbg.fast.blockhook import STOP_BUDGET, STOP_REQUEST, BlockCounter
@@ -34,6 +35,7 @@ from xendbg.machine.cpu import CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, C
 from xendbg.machine.domain import Shutdown, Vcpu
 from xendbg.machine.events.evtchn import EventChannels
 from xendbg.machine.events.evtchn_2l import Evtchn2L
+from xendbg.machine.grant_table import GrantTable
 from xendbg.machine.guestmem import GuestMemory
 from xendbg.machine.iret import NO_RESULT
 from xendbg.machine.memory import PAGE_SHIFT
@@ -45,6 +47,7 @@ from xendbg.machine.xenstore import XenStore
 from xendbg.machine.xenstore_ring import BytearrayPage, XenStoreRing
 
 CR0_TS = 1 << 3
+DEFERRED = object()       # dispatch(): a debugger stopped at the entry; the call has not run
 XEN_CPUID_PREFIX = b"\x0f\x0bxen\x0f\xa2"
 
 
@@ -81,8 +84,13 @@ class Machine:
         self.internal_errors: list[str] = []
         self.cpuid = priv.CpuidPolicy()
         self.blocked_forever = False
+        # While running, emit a ``tick`` event every this many instructions (0: never). The TUI
+        # refreshes its panels from it, on the emulator thread between two blocks; headless runs
+        # leave it 0, so they are not cut into more slices than their timers need.
+        self.tick_interval = 0
         self._stop_reason: str | None = None
         self._in_syscall_hook = False
+        self._defer_hypercall = False      # set by stop_before_hypercall() during hypercall_entry
         self._emu_thread: int | None = None
         self._word_mask = (1 << self.abi.bits) - 1
         self._md = capstone.Cs(capstone.CS_ARCH_X86,
@@ -107,6 +115,7 @@ class Machine:
         self.counter.install()
         self.clock = Clock(self)
         self.mmu = Mmu(self)
+        self.grant_table = GrantTable(self)
         self.multicalls = Multicalls()
         self._setup_cpu()
 
@@ -129,7 +138,7 @@ class Machine:
         cpu.hook_invalid(self._on_invalid)
         cpu.hook_cpuid(self._on_cpuid)
         cpu.hook_in_out(self._on_in, self._on_out)
-        cpu.hook_rdtsc(self.read_tsc)
+        self.clock.hook_rdtsc(cpu)           # rdtsc/rdtscp read the virtual TSC
 
     # -- events to subscribers -----------------------------------------------------------------
     def emit(self, kind: str, **data) -> None:
@@ -162,7 +171,8 @@ class Machine:
         try:
             while self._stop_reason is None:
                 deadline = self.clock.next_deadline()
-                budgets = [b for b in (user_budget, deadline) if b]
+                tick = self.counter.insns + self.tick_interval if self.tick_interval else 0
+                budgets = [b for b in (user_budget, deadline, tick) if b]
                 self.counter.budget = min(budgets) if budgets else 0
                 begin = self.cpu.ip
                 try:
@@ -181,8 +191,15 @@ class Machine:
                     if user_budget and self.counter.insns >= user_budget:
                         self._stop_reason = "budget"
                     else:
-                        self.clock.at_slice_boundary()
-                        self.check_events()
+                        if tick and self.counter.insns >= tick:
+                            self.emit("tick")
+                        # Only a timer's deadline is a point where Xen looks for events; a tick
+                        # must not deliver one earlier than a run without ticks would. (Asked
+                        # again: a hypercall in the slice may have armed an earlier timer.)
+                        due = self.clock.next_deadline()
+                        if not tick or (due and self.counter.insns >= due):
+                            self.clock.at_slice_boundary()
+                            self.check_events()
                 else:
                     self.crash(f"the CPU stopped unexpectedly at {self.cpu.ip:#x} "
                                "(a triple fault?)")
@@ -202,6 +219,89 @@ class Machine:
             self.cpu.stop()
         else:
             self.counter.request_stop()
+
+    # -- debugger support: stop at a hypercall's entry, breakpoints, watchpoints, one step ------
+    def stop_before_hypercall(self) -> None:
+        """Called by a ``hypercall_entry`` listener: stop with the call not made (run() returns
+        ``hypercall-entry``; resuming makes it). Ignored for the entries of a multicall batch."""
+        self._defer_hypercall = True
+
+    def add_code_hook(self, va: int, callback: Callable[[int], None]) -> object:
+        """``callback(va)`` runs before the instruction at ``va`` (a breakpoint).
+
+        A code hook bounded to that one address — never a per-instruction hook, which would cost
+        ~1000× (UNICORN.md §4). Blocks translated before the hook existed do not call it, hence the
+        flush. A stop requested from the callback leaves the guest at ``va``, not yet executed.
+        """
+        def hook(_uc, address: int, _size: int, _user) -> None:
+            try:
+                callback(address)
+            except Exception:                      # noqa: BLE001 - never unwind into Unicorn
+                self._internal_error("a debugger breakpoint")
+
+        handle = self.cpu.uc.hook_add(UC_HOOK_CODE, hook, None, va, va)
+        self.cpu.flush_tb()
+        return handle
+
+    def add_memory_hook(self, ma: int, length: int, *, write: bool, read: bool,
+                        callback: Callable[[str, int, int, int, int], None]) -> object:
+        """``callback(kind, ma, size, value, ip)`` for guest accesses to machine range
+        [ma, ma+length) (a watchpoint). Unicorn's memory hooks take physical addresses.
+
+        Never stop from inside: an emu_stop there re-executes the access on resume (UNICORN.md §7).
+        Ask for a stop with :meth:`pause` instead: it lands at the next block boundary.
+        """
+        types = (UC_HOOK_MEM_WRITE if write else 0) | (UC_HOOK_MEM_READ if read else 0)
+
+        def hook(_uc, access: int, address: int, size: int, value: int, _user) -> None:
+            try:
+                callback("write" if access == UC_MEM_WRITE else "read", address, size, value,
+                         self.cpu.ip)
+            except Exception:                      # noqa: BLE001
+                self._internal_error("a debugger watchpoint")
+
+        handle = self.cpu.uc.hook_add(types, hook, None, ma, ma + length - 1)
+        self.cpu.flush_tb()
+        return handle
+
+    def remove_hook(self, handle: object) -> None:
+        self.cpu.uc.hook_del(handle)
+        self.cpu.flush_tb()
+
+    def step(self) -> str:
+        """Execute one guest instruction (``stepi``); return ``step`` or why the machine stopped.
+
+        ``emu_start(count=1)``: exact, and slow only for this one instruction. The block counter
+        adds a whole block's instructions when a block starts, so the count is set to one more
+        than before afterwards; due timers are then handled as at a slice boundary.
+        """
+        if self.domain.dying:
+            return "crash" if self.domain.crashed else "shutdown"
+        self._stop_reason = None
+        self.counter.clear_stop()             # a stale pause request would stop us before it
+        budget, self.counter.budget = self.counter.budget, 0
+        before = self.counter.insns
+        self._emu_thread = threading.get_ident()
+        # Unicorn counts with a code hook that only blocks translated after it existed call: drop
+        # the blocks cached by a free run (the next free run drops the counting ones in turn).
+        self.cpu.flush_tb()
+        try:
+            self.cpu.uc.emu_start(self.cpu.ip, self.xen_area.until_va, count=1)
+        except UcError as exc:
+            if self._stop_reason is None:
+                self.crash(f"the CPU stopped with {exc} at {self.cpu.ip:#x}")
+        finally:
+            self._emu_thread = None
+            self.counter.budget = budget
+        # A hypercall stopped at its entry has not executed its trap instruction yet.
+        self.counter.insns = before + (0 if self._stop_reason == "hypercall-entry" else 1)
+        self.counter.stop_reason = 0
+        if self._stop_reason is None and not self.domain.dying:
+            deadline = self.clock.next_deadline()
+            if deadline and self.counter.insns >= deadline:
+                self.clock.at_slice_boundary()
+                self.check_events()
+        return self._stop_reason or "step"
 
     # -- domain life ---------------------------------------------------------------------------
     def shutdown(self, reason: int) -> None:
@@ -296,6 +396,8 @@ class Machine:
         vcpu = self.vcpu
         if self.domain.dying or not self.upcall_pending(vcpu) or self.traps.upcall_mask(vcpu):
             return
+        if self._stop_reason == "hypercall-entry":      # the guest has not made its call yet
+            return
         if X.CALLBACKTYPE_event not in vcpu.callbacks:
             return
         ip = self.cpu.ip
@@ -328,8 +430,11 @@ class Machine:
             return -EFAULT
         ports_ptr = int.from_bytes(raw[:word], "little")
         nr_ports = int.from_bytes(raw[word:word + 4], "little")
+        timeout = int.from_bytes(raw[-8:], "little")      # absolute system time; 0: none
         if nr_ports > 128:
             return -EINVAL
+        if self.upcall_pending(self.vcpu) and not self.traps.upcall_mask(self.vcpu):
+            return 0                                      # local_events_need_delivery
         ports = []
         for i in range(nr_ports):
             port = self.guest.read_u32(ports_ptr + 4 * i)
@@ -343,6 +448,8 @@ class Machine:
                 return 0
             if attempt == 0:
                 self.run_backends()
+        if self.clock.block(self.vcpu, ports, timeout):   # woken by a port, an event, the timeout
+            return 0
         self.blocked_forever = True
         self.emit("blocked", ip=self.cpu.ip)
         self.request_stop("blocked")
@@ -353,8 +460,7 @@ class Machine:
         self._in_syscall_hook = True
         try:
             if not self.vcpu.kernel_mode:
-                self.crash("a system call from guest user mode: xendbg does not yet bounce "
-                           "user syscalls to the guest kernel")
+                self._user_syscall()
                 return
             vals = self.cpu.hcall.read()
             self.hypercall(vals[0], vals[1:7], vals[7])
@@ -363,11 +469,53 @@ class Machine:
         finally:
             self._in_syscall_hook = False
 
+    def _user_syscall(self) -> None:
+        """``syscall`` in guest user mode goes to the guest kernel, not to Xen (``switch_to_kernel``).
+
+        The CPU did what SYSCALL does in hardware only partly (Unicorn leaves RCX and R11 alone), so
+        RCX gets the return address and R11 the flags, as the guest's entry code expects; Xen then
+        switches to kernel mode and bounces to the syscall callback (the 32-bit one for a compat
+        code segment), masking events if the callback was registered with CALLBACKF_mask_events.
+        """
+        uc = self.cpu.uc
+        vcpu = self.vcpu
+        ip = uc.reg_read(U.UC_X86_REG_RIP) + 2
+        uc.reg_write(U.UC_X86_REG_RCX, ip)
+        uc.reg_write(U.UC_X86_REG_R11, uc.reg_read(U.UC_X86_REG_RFLAGS))
+        uc.reg_write(U.UC_X86_REG_RIP, ip)
+        compat = uc.reg_read(U.UC_X86_REG_CS) & 0xFFFF == self.abi.user_cs32
+        cb = vcpu.callbacks.get(X.CALLBACKTYPE_syscall32 if compat else X.CALLBACKTYPE_syscall)
+        if compat and (cb is None or cb.address == 0):
+            cb = vcpu.callbacks.get(X.CALLBACKTYPE_syscall)
+        if cb is None or cb.address == 0:
+            # Xen injects #GP at the syscall when there is no callback.
+            uc.reg_write(U.UC_X86_REG_RIP, ip - 2)
+            self._trap_event(13, 0)
+            self.traps.exception(vcpu, 13, 0)
+            return
+        self.emit("syscall", ip=ip - 2, nr=uc.reg_read(U.UC_X86_REG_RAX))
+        bounce = self.traps.bounce(vcpu, cb.address, kind="syscall",
+                                   interrupt=bool(cb.flags & X.CALLBACKF_mask_events))
+        if bounce is not None:
+            flags = uc.reg_read(U.UC_X86_REG_RFLAGS)
+            uc.reg_write(U.UC_X86_REG_RFLAGS, flags & ~(1 << 10))     # DF cleared on entry
+        self.check_events()
+
     def hypercall(self, nr: int, args: list[int], ip: int) -> None:
         """A hypercall trapped at ``ip``: run it, put the result in rAX, deliver due events."""
         result = self.dispatch(nr, args, ip)
+        if result is DEFERRED:
+            # Stopped at the entry: leave the guest on its trap instruction (syscall: ``ip`` is at
+            # it; int $0x82: ``ip`` is after it), so that resuming makes the same call again.
+            self.set_guest_ip(ip if self.is64 else ip - 2)
+            # The trap instruction ends its block, so resuming counts it once more: take that back
+            # and virtual time stays the same as in a run that did not stop.
+            self.counter.insns -= 1
+            self.request_stop("hypercall-entry")
+            return
         if result is not NO_RESULT:
             self.cpu.uc.reg_write(self.cpu.ax_reg, result & self._word_mask)
+        self.clock.check_timers()           # the timer softirq, on the way back to the guest
         self.check_events()
 
     def dispatch(self, nr: int, args: list[int], ip: int, multicall: int | None = None):
@@ -381,6 +529,15 @@ class Machine:
         name = d.name if d is not None else hypercalls.name_of(nr)
         nargs = len(d.args_for(self.abi.bits)) if d is not None else 0
         args = [a & self._word_mask for a in args[:nargs]]
+        if self.listeners:
+            # Entry, before anything happens: a debugger may ask to stop here (see stop_before_
+            # hypercall); only a top-level call can be deferred, not an entry of a batch.
+            self._defer_hypercall = False
+            self.emit("hypercall_entry", nr=nr, name=name, args=args, ip=ip, multicall=multicall,
+                      arg_names=d.args_for(self.abi.bits) if d else ())
+            if self._defer_hypercall and multicall is None:
+                self._defer_hypercall = False
+                return DEFERRED
         if handler is None:
             result = -ENOSYS
             self.stats.unimplemented[name] += 1
@@ -420,6 +577,7 @@ class Machine:
             cr2 = self.cpu.cr2()
             if self.mmu.on_page_fault(vcpu, cr2, error_code):
                 return
+            error_code = self.mmu.guest_error_code(vcpu, error_code)
             vcpu.cr2 = cr2
             self.memory.write(vcpu.vcpu_info_ma + self.abi.vcpu_cr2,
                               cr2.to_bytes(self.abi.word, "little"))

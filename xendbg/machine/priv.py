@@ -18,7 +18,9 @@ with CPUID faulting on current hardware) returns the emulated processor's own va
 
 MSRs: FS_BASE, GS_BASE and SHADOW_GS_BASE read and write the vCPU's bases (64-bit guests); EFER reads
 as Xen shows it; PAT and MISC_ENABLE read fixed values; TSC reads the virtual TSC; writes to PAT
-with its fixed value are accepted; any other MSR raises #GP in the guest, as a Xen without that MSR
+with its fixed value are accepted; the microcode revision (0x8b) reads a fixed revision in bits
+63:32 and writes to it are ignored (writing 0 is Intel's documented way to ask for a read);
+any other MSR raises #GP in the guest, as a Xen without that MSR
 in its policy does (kernels use the ``_safe`` accessors and recover).
 
 Control registers: reads of CR0 (TS from ``fpu_taskswitch``), CR2 (the last page-fault address),
@@ -40,6 +42,8 @@ MSR_TSC = 0x10
 MSR_PAT = 0x277
 MSR_MISC_ENABLE = 0x1A0
 MSR_PLATFORM_ID = 0x17
+MSR_UCODE_REV = 0x8B          # Intel's IA32_BIOS_SIGN_ID (AMD's PATCHLEVEL has the same number)
+UCODE_REV_VALUE = 0x28 << 32  # "the host's" microcode revision, fixed so that runs repeat
 PAT_VALUE = 0x0007040600070406
 MISC_ENABLE_VALUE = (1 << 0) | (1 << 11) | (1 << 12)   # fast strings; no BTS; no PEBS
 

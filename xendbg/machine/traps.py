@@ -22,6 +22,16 @@ RFLAGS.IF in the frame is the inverse of the saved upcall mask (the guest's "int
 Entering with ``TBF_INTERRUPT`` (an event upcall, or a trap_info entry with the "clear event mask"
 flag) masks events. A trap that cannot be delivered — no handler, or a fault while writing the
 frame — crashes the domain with the reason, as Xen does.
+
+The failsafe callback (``TBF_FAILSAFE``) is how Xen reports that it could not return to the guest
+because a segment register would not load (the ``iret`` of its exit path faulted). Its frame has no
+error code and, below RIP, the data selectors Xen found loaded::
+
+    64-bit: RCX, R11, DS, ES, FS, GS, RIP, CS, RFLAGS, RSP, SS
+    32-bit: DS, ES, FS, GS, EIP, CS, EFLAGS, [ESP, SS]
+
+RIP, CS, RFLAGS, RSP and SS there are the values Xen was trying to return with, not where the guest
+trapped; the callback was registered with ``CALLBACKF_mask_events`` if it should mask events.
 """
 
 from __future__ import annotations
@@ -47,6 +57,19 @@ RFLAGS_CLEARED_ON_TRAP = RFLAGS_TF | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_
 
 def vector_name(vector: int) -> str:
     return EXCEPTION_NAMES.get(vector, f"vector {vector:#x}")
+
+
+@dataclass(frozen=True)
+class GuestFrame:
+    """Registers to put in a bounce frame instead of the CPU's (Xen's ``guest_cpu_user_regs``)."""
+
+    ip: int
+    cs: int
+    flags: int
+    sp: int
+    ss: int
+    rcx: int = 0          # 64-bit only
+    r11: int = 0
 
 
 @dataclass
@@ -76,25 +99,38 @@ class TrapBouncer:
 
     def bounce(self, vcpu: Vcpu, target: int, *, kind: str, vector: int | None = None,
                error_code: int | None = None, interrupt: bool = False,
-               target_cs: int = 0) -> Bounce | None:
-        """Enter the guest at ``target`` with a bounce frame; None if the domain was crashed."""
+               target_cs: int = 0, frame: GuestFrame | None = None,
+               failsafe_selectors: tuple[int, int, int, int] | None = None) -> Bounce | None:
+        """Enter the guest at ``target`` with a bounce frame; None if the domain was crashed.
+
+        ``frame`` replaces the CPU's registers as the state saved in the frame (the failsafe
+        callback saves the state Xen failed to return to); ``failsafe_selectors`` (DS, ES, FS, GS)
+        makes it a failsafe frame.
+        """
         if target == 0:
             what = vector_name(vector) if vector is not None else kind
             self.m.crash(f"no guest handler for {what} (trap table / callback not registered)")
             return None
         if self.abi.bits == 64:
-            return self._bounce64(vcpu, target, kind, vector, error_code, interrupt)
-        return self._bounce32(vcpu, target, target_cs, kind, vector, error_code, interrupt)
+            return self._bounce64(vcpu, target, kind, vector, error_code, interrupt, frame,
+                                  failsafe_selectors)
+        return self._bounce32(vcpu, target, target_cs, kind, vector, error_code, interrupt, frame,
+                              failsafe_selectors)
 
     def _bounce64(self, vcpu: Vcpu, target: int, kind: str, vector: int | None,
-                  error_code: int | None, interrupt: bool) -> Bounce | None:
+                  error_code: int | None, interrupt: bool, frame: GuestFrame | None = None,
+                  selectors: tuple[int, int, int, int] | None = None) -> Bounce | None:
         m = self.m
         uc = m.cpu.uc
-        rip, rsp, rflags, rcx, r11, cs, ss = (
-            uc.reg_read(U.UC_X86_REG_RIP), uc.reg_read(U.UC_X86_REG_RSP),
-            uc.reg_read(U.UC_X86_REG_RFLAGS), uc.reg_read(U.UC_X86_REG_RCX),
-            uc.reg_read(U.UC_X86_REG_R11), uc.reg_read(U.UC_X86_REG_CS),
-            uc.reg_read(U.UC_X86_REG_SS))
+        if frame is None:
+            rip, rsp, rflags, rcx, r11, cs, ss = (
+                uc.reg_read(U.UC_X86_REG_RIP), uc.reg_read(U.UC_X86_REG_RSP),
+                uc.reg_read(U.UC_X86_REG_RFLAGS), uc.reg_read(U.UC_X86_REG_RCX),
+                uc.reg_read(U.UC_X86_REG_R11), uc.reg_read(U.UC_X86_REG_CS),
+                uc.reg_read(U.UC_X86_REG_SS))
+        else:
+            rip, rsp, rflags, rcx, r11, cs, ss = (frame.ip, frame.sp, frame.flags, frame.rcx,
+                                                  frame.r11, frame.cs, frame.ss)
         from_user = not vcpu.kernel_mode
         if from_user:
             m.toggle_guest_mode(vcpu)       # to kernel mode and the kernel's page tables
@@ -109,12 +145,17 @@ class TrapBouncer:
         saved_mask = self.upcall_mask(vcpu)
         if interrupt:
             self.set_upcall_mask(vcpu, 1)
-        guest_flags = (rflags & ~RFLAGS_IF) | (0 if saved_mask else RFLAGS_IF)
+        # The frame's IOPL is the virtual one when the guest asked for architectural IOPL.
+        iopl = vcpu.iopl << 12 if m.domain.vm_assist & (1 << X.VMASST_TYPE_architectural_iopl) \
+            else 0
+        guest_flags = (rflags & ~(RFLAGS_IF | RFLAGS_IOPL)) | (0 if saved_mask else RFLAGS_IF) | iopl
         words = [rcx, r11]
+        if selectors is not None:
+            words += list(selectors)
         if error_code is not None:
             words.append(error_code)
-        words += [rip, (cs & 0xFFFF) | saved_mask << 32, guest_flags, rsp, ss]
-        sp -= 8 * len(words)
+        words += [rip, (cs & 0xFFFF) | saved_mask << 32, guest_flags, rsp, ss & 0xFFFF]
+        sp = (sp - 8 * len(words)) & 0xFFFFFFFFFFFFFFFF
         if not m.guest.write(sp, struct.pack(f"<{len(words)}Q", *words)):
             m.crash(f"fault while writing the bounce frame for {kind} at {sp:#x}")
             return None
@@ -124,23 +165,36 @@ class TrapBouncer:
         return Bounce(kind, vector, target, error_code, sp, from_user)
 
     def _bounce32(self, vcpu: Vcpu, target: int, target_cs: int, kind: str, vector: int | None,
-                  error_code: int | None, interrupt: bool) -> Bounce | None:
+                  error_code: int | None, interrupt: bool, frame: GuestFrame | None = None,
+                  selectors: tuple[int, int, int, int] | None = None) -> Bounce | None:
         m = self.m
         uc = m.cpu.uc
-        eip, esp, eflags, cs, _ss = (
-            uc.reg_read(U.UC_X86_REG_EIP), uc.reg_read(U.UC_X86_REG_ESP),
-            uc.reg_read(U.UC_X86_REG_EFLAGS), uc.reg_read(U.UC_X86_REG_CS),
-            uc.reg_read(U.UC_X86_REG_SS))
-        if cs & 3 != 1:
-            m.crash(f"xendbg cannot yet deliver {kind} to a 32-bit guest from ring {cs & 3} "
+        cpu_cs = uc.reg_read(U.UC_X86_REG_CS)
+        if frame is None:
+            eip, esp, eflags, cs, ss = (
+                uc.reg_read(U.UC_X86_REG_EIP), uc.reg_read(U.UC_X86_REG_ESP),
+                uc.reg_read(U.UC_X86_REG_EFLAGS), cpu_cs, uc.reg_read(U.UC_X86_REG_SS))
+        else:
+            eip, esp, eflags, cs, ss = frame.ip, frame.sp, frame.flags, frame.cs, frame.ss
+        if cpu_cs & 3 != 1:
+            m.crash(f"xendbg cannot yet deliver {kind} to a 32-bit guest from ring {cpu_cs & 3} "
                     "(ring 3 → ring 1 transitions are not implemented)")
             return None
+        outer = bool(cs & 2)       # the saved state is ring 2/3: the frame goes on the kernel stack
+        if outer:
+            esp, frame_ss = vcpu.kernel_sp, vcpu.kernel_ss
+        else:
+            frame_ss = ss
         saved_mask = self.upcall_mask(vcpu)
         if interrupt:
             self.set_upcall_mask(vcpu, 1)
         guest_flags = (eflags & ~RFLAGS_IF) | (0 if saved_mask else RFLAGS_IF)
-        words = [] if error_code is None else [error_code]
+        words = list(selectors) if selectors is not None else []
+        if error_code is not None:
+            words.append(error_code)
         words += [eip, (cs & 0xFFFF) | saved_mask << 16, guest_flags]
+        if outer:
+            words += [frame.sp if frame is not None else esp, ss & 0xFFFF]
         sp = (esp - 4 * len(words)) & 0xFFFFFFFF
         if sp >= self.abi.hypervisor_start:
             m.crash(f"bounce frame for {kind} would be written into Xen's area ({sp:#x})")
@@ -148,14 +202,16 @@ class TrapBouncer:
         if not m.guest.write(sp, struct.pack(f"<{len(words)}I", *[w & 0xFFFFFFFF for w in words])):
             m.crash(f"fault while writing the bounce frame for {kind} at {sp:#x}")
             return None
-        uc.reg_write(U.UC_X86_REG_ESP, sp)
-        uc.reg_write(U.UC_X86_REG_EFLAGS, eflags & ~RFLAGS_CLEARED_ON_TRAP)
-        if target_cs and target_cs != cs:
+        if target_cs and target_cs != cpu_cs:
             m.crash(f"{kind} handler uses code selector {target_cs:#x}; xendbg supports only "
                     f"the flat kernel selector {self.abi.kernel_cs:#x}")
             return None
+        if frame_ss & 0xFFFF != uc.reg_read(U.UC_X86_REG_SS) & 0xFFFF:
+            uc.reg_write(U.UC_X86_REG_SS, frame_ss & 0xFFFF)
+        uc.reg_write(U.UC_X86_REG_ESP, sp)
+        uc.reg_write(U.UC_X86_REG_EFLAGS, eflags & ~RFLAGS_CLEARED_ON_TRAP)
         m.set_guest_ip(target)
-        return Bounce(kind, vector, target, error_code, sp, False)
+        return Bounce(kind, vector, target, error_code, sp, outer)
 
     # -- the three kinds of delivery ---------------------------------------------------------
     def exception(self, vcpu: Vcpu, vector: int, error_code: int | None = None) -> Bounce | None:
@@ -183,8 +239,40 @@ class TrapBouncer:
         return self.bounce(vcpu, ti.address, kind="interrupt", vector=vector,
                            interrupt=bool(ti.flags & X.TI_CLEAR_IF), target_cs=ti.cs)
 
+    def failsafe(self, vcpu: Vcpu, frame: GuestFrame) -> Bounce | None:
+        """Xen's ``failsafe_callback``: returning to ``frame`` faulted; enter the guest's handler.
+
+        Without a callback (address 0, or a null code selector on 32-bit) Xen crashes the domain.
+        """
+        cb = vcpu.callbacks.get(X.CALLBACKTYPE_failsafe)
+        if cb is None or cb.address == 0:
+            self.m.crash(f"return to CS:IP {frame.cs & 0xFFFF:#x}:{frame.ip:#x} faulted and the "
+                         "guest registered no failsafe callback")
+            return None
+        if self.abi.bits == 32 and cb.cs & ~3 == 0:
+            self.m.crash("return to the guest faulted and its failsafe callback has a null "
+                         "code selector")
+            return None
+        uc = self.m.cpu.uc
+        selectors = tuple(uc.reg_read(r) & 0xFFFF for r in (U.UC_X86_REG_DS, U.UC_X86_REG_ES,
+                                                             U.UC_X86_REG_FS, U.UC_X86_REG_GS))
+        return self.bounce(vcpu, cb.address, kind="failsafe",
+                           interrupt=bool(cb.flags & X.CALLBACKF_mask_events), target_cs=cb.cs,
+                           frame=frame, failsafe_selectors=selectors)
+
     def upcall(self, vcpu: Vcpu) -> Bounce | None:
         cb = vcpu.callbacks.get(X.CALLBACKTYPE_event)
         if cb is None or cb.address == 0:
             return None       # no callback: events stay pending, as on Xen
-        return self.bounce(vcpu, cb.address, kind="upcall", interrupt=True, target_cs=cb.cs)
+        frame = None
+        if self.m._in_syscall_hook:
+            # On the way out of a 64-bit hypercall the CPU's RIP is still at the syscall (Unicorn
+            # adds its length when the hook returns): the guest resumes, and the frame saves,
+            # the instruction after it.
+            uc = self.m.cpu.uc
+            frame = GuestFrame(self.m.cpu.ip + 2, uc.reg_read(U.UC_X86_REG_CS),
+                               uc.reg_read(U.UC_X86_REG_RFLAGS), uc.reg_read(U.UC_X86_REG_RSP),
+                               uc.reg_read(U.UC_X86_REG_SS), uc.reg_read(U.UC_X86_REG_RCX),
+                               uc.reg_read(U.UC_X86_REG_R11))
+        return self.bounce(vcpu, cb.address, kind="upcall", interrupt=True, target_cs=cb.cs,
+                           frame=frame)

@@ -9,7 +9,7 @@ Port ``p`` lives in word ``p // W`` bit ``p % W`` of ``evtchn_pending[]`` and ``
 3. set bit ``p // W`` of the target vCPU's ``evtchn_pending_sel`` and its ``evtchn_upcall_pending``;
    the upcall itself is made when the vCPU's ``evtchn_upcall_mask`` is clear.
 
-Unmasking a pending port re-runs step 3 (``evtchn_2l_unmask``). The bitmaps are guest memory, so the
+Unmasking a masked, pending port re-runs step 3 (``evtchn_2l_unmask``). The bitmaps are guest memory, so the
 guest may change them at any time; this module only ever does the atomic bit operations Xen does.
 """
 
@@ -71,8 +71,16 @@ class Evtchn2L:
         return self._mark_vcpu(port, vcpu_info_ma)
 
     def unmask(self, port: int, vcpu_info_ma: int) -> bool:
-        """Clear the mask; a port that is pending then signals the vCPU. True if it did."""
-        self._clear(self._word_ma(self.abi.evtchn_mask, port), port % self.bits)
+        """Clear the mask; if it was set and the port is pending, signal the vCPU. True if it did.
+
+        Only a port that was masked is re-raised (``evtchn_2l_unmask`` test-and-clears the mask):
+        unmasking an unmasked pending port does not deliver it a second time.
+        """
+        mask_ma = self._word_ma(self.abi.evtchn_mask, port)
+        bit = port % self.bits
+        if not self._test(mask_ma, bit):
+            return False
+        self._clear(mask_ma, bit)
         if not self.is_pending(port):
             return False
         return self._mark_vcpu(port, vcpu_info_ma)

@@ -1,0 +1,284 @@
+"""The TUI's costs (issue 7): guest speed with the TUI open and refreshing, pause latency in the
+TUI, and the time to render the pfn→mfn panel for 65536 pages. Each against a baseline measured in
+this run:
+
+* guest speed — the same guest, run headless (``Machine.run`` with a timer that pauses it) for the
+  same wall time, against ``continue`` in the TUI with its panels refreshing (the app runs under
+  Textual's headless driver, which composes every frame but writes no terminal);
+* pause latency — ``Session.pause()`` from another thread with no UI (as ``bench_pause.py``),
+  against F6 in the TUI until the status bar says "stopped" (through the driver, the session and
+  the message queue);
+* the pfn→mfn panel — a Textual ``DataTable`` given the same 65536 rows (a widget that stores its
+  rows), against the Line API table, which renders only the rows on screen. Both are timed from
+  "here is the data" to the screen's lines rendered, then again after jumping to the last page.
+
+    python bench/bench_tui.py          (XENDBG_BENCH_QUICK=1: shorter runs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import threading
+import time
+
+QUICK = bool(os.environ.get("XENDBG_BENCH_QUICK"))
+SPEED_SECONDS = 2.0 if QUICK else 6.0
+PAUSE_ROUNDS = 5 if QUICK else 15
+SIZE = (160, 48)
+
+
+def _machine(name: str, memory: int):
+    from xendbg.guests import lab_image
+    from xendbg.machine.builder import BuildConfig
+    from xendbg.machine.loader import load_kernel
+    from xendbg.machine.machine import Machine
+    return Machine(load_kernel(lab_image(name)), BuildConfig(memory_mib=memory))
+
+
+def _thread_cpu(ident: int) -> float:
+    return time.clock_gettime(time.pthread_getcpuclockid(ident))
+
+
+def headless_speed(name: str, memory: int, seconds: float, session: bool) -> tuple[float, float]:
+    """(M instructions per wall second, per CPU second of the emulating thread) of ``name`` run
+    headless for ``seconds``: the bare machine (``xendbg run``), or under a debugger session's
+    ``continue`` (what the TUI drives, without the UI)."""
+    m = _machine(name, memory)
+    if session:
+        from xendbg.debugger import Session, symbols_for_image
+        s = Session(m, symbols_for_image(m.image))
+        go, stop = (lambda: s.execute("continue")), s.pause
+    else:
+        go, stop = m.run, m.pause
+    timer = threading.Timer(seconds, stop)
+    start, cpu = time.perf_counter(), time.thread_time()
+    timer.start()
+    go()
+    wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    timer.cancel()
+    return m.insns / wall / 1e6, m.insns / cpu / 1e6
+
+
+def _app(name: str, memory: int):
+    from xendbg.app import XendbgApp
+    from xendbg.guests import lab_image
+    from xendbg.runner import RunOptions
+    return XendbgApp(RunOptions(kernel=str(lab_image(name)), memory=memory), show_speed=True)
+
+
+async def _until(pilot, condition, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the TUI did not get there")
+        await pilot.pause(0.005)
+
+
+async def _tui_speed(name: str, memory: int, seconds: float) -> dict:
+    app = _app(name, memory)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await _until(pilot, lambda: screen.stops >= 1)
+        driver = screen.driver
+        emu_cpu, ui_cpu = _thread_cpu(driver.thread_id), time.thread_time()
+        start = time.perf_counter()
+        await pilot.press("f5")
+        await asyncio.sleep(seconds)
+        screen.action_pause()
+        await _until(pilot, lambda: screen.stops >= 2 and not screen.running)
+        wall = time.perf_counter() - start
+        insns = screen.view.snap.insns
+        return {"mips": insns / wall / 1e6,
+                "per_cpu": insns / (_thread_cpu(driver.thread_id) - emu_cpu) / 1e6,
+                "ui_busy": (time.thread_time() - ui_cpu) / wall,
+                "refreshes": driver._live_posted}
+
+
+def tui_speed(name: str, memory: int, seconds: float) -> dict:
+    """``name`` under ``continue`` in the TUI: M instructions per wall second and per CPU second
+    of the emulator thread, the UI thread's busy share, the live refreshes it drew."""
+    return asyncio.run(_tui_speed(name, memory, seconds))
+
+
+def headless_pause(name: str, memory: int, rounds: int) -> list[float]:
+    from xendbg.debugger import Session, symbols_for_image
+    m = _machine(name, memory)
+    s = Session(m, symbols_for_image(m.image))
+    out = []
+    for _ in range(rounds):
+        done = threading.Event()
+        t = threading.Thread(target=lambda d=done: (s.execute("continue"), d.set()))
+        t.start()
+        time.sleep(0.3)
+        start = time.perf_counter()
+        s.pause()
+        done.wait(60)
+        out.append(time.perf_counter() - start)
+        t.join()
+    return out
+
+
+async def _tui_pause(name: str, memory: int, rounds: int) -> list[float]:
+    app = _app(name, memory)
+    out = []
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await _until(pilot, lambda: screen.stops >= 1)
+        for i in range(rounds):
+            await pilot.press("f5")
+            await _until(pilot, lambda: screen.running)
+            await asyncio.sleep(0.3)
+            start = time.perf_counter()
+            await pilot.press("f6")
+            await _until(pilot, lambda i=i: not screen.running and screen.stops >= i + 2)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def tui_pause(name: str, memory: int, rounds: int) -> list[float]:
+    """F6 → the screen shows the stop (status bar and panels updated), per round."""
+    return asyncio.run(_tui_pause(name, memory, rounds))
+
+
+async def _p2m_render() -> dict:
+    from textual.widgets import DataTable
+
+    from xendbg.views.fmt import owner_name
+    from xendbg.views.p2m import P2mTable
+    app = _app("demo", 256)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        await _until(pilot, lambda: screen.stops >= 1)
+        screen.show_tab("tab-p2m")
+        table = screen.query_one(P2mTable)
+        await _until(pilot, lambda: table.row_count() == 65536)
+        view = screen.view
+        ft = view.snap.frames
+
+        def draw(widget) -> None:
+            for y in range(widget.size.height):
+                widget.render_line(y)
+
+        line_api, line_api_end = [], []
+        for _ in range(5):
+            table.view = None
+            await pilot.pause()
+            start = time.perf_counter()
+            table.view = view
+            draw(table)
+            line_api.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            table.move_cursor(65535)
+            draw(table)
+            line_api_end.append(time.perf_counter() - start)
+            table.move_cursor(0)
+        # The baseline: the same rows in a DataTable, mounted in the same pane.
+        rows = []
+        start = time.perf_counter()
+        for pfn in range(len(ft.p2m)):
+            mfn = int(ft.p2m[pfn])
+            t = int(ft.page_type[mfn]) if ft.page_type is not None else 0
+            rows.append((f"{pfn:x}", f"{mfn:x}", owner_name(int(ft.owner[mfn]), ft.domid),
+                         ft.type_names.get(t, ""), str(int(ft.type_count[mfn])),
+                         str(int(ft.count[mfn])), "pinned" if ft.pinned[mfn] else "",
+                         f"{int(ft.m2p[mfn]):x}"))
+        grid = DataTable(id="bench-grid")
+        await screen.query_one("#p2m").mount(grid)
+        grid.add_columns("pfn", "mfn", "owner", "type", "tcount", "count", "pinned", "m2p")
+        grid.add_rows(rows)
+        await pilot.pause()
+        draw(grid)
+        datatable = time.perf_counter() - start
+        start = time.perf_counter()
+        grid.move_cursor(row=65535)
+        await pilot.pause()
+        draw(grid)
+        datatable_end = time.perf_counter() - start
+        return {"line_api": statistics.median(line_api),
+                "line_api_end": statistics.median(line_api_end),
+                "datatable": datatable, "datatable_end": datatable_end, "pages": len(ft.p2m)}
+
+
+def p2m_render() -> dict:
+    return asyncio.run(_p2m_render())
+
+
+def frame_table_copy() -> float:
+    """The emulator thread's share: copying the frame table into a snapshot (65536 pages)."""
+    from xendbg.machine.snapshot import frame_table
+    m = _machine("demo", 256)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        frame_table(m)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run() -> list[dict]:
+    rows = []
+    load = os.getloadavg()[0]
+    for name, memory, what in (("demo", 64, "demo guest (hypercall-heavy)"),
+                               ("spin-pv64", 16, "spin-pv64 (a loop, no hypercalls)")):
+        plain = headless_speed(name, memory, SPEED_SECONDS, session=False)
+        session = headless_speed(name, memory, SPEED_SECONDS, session=True)
+        tui = tui_speed(name, memory, SPEED_SECONDS)
+        note = (f"{SPEED_SECONDS:.0f} s each; {tui['refreshes']} live refreshes drawn; UI thread "
+                f"busy {tui['ui_busy']:.0%}; per CPU-second of the emulating thread: TUI "
+                f"{tui['per_cpu']:.3g}, session {session[1]:.3g}, bare {plain[1]:.3g} M; host "
+                f"load average {load:.1f} on {os.cpu_count()} CPUs (wall rates suffer from it)")
+        rows.append({
+            "what": f"guest speed with the TUI open and refreshing vs headless, {what}",
+            "xendbg": round(tui["mips"], 4), "baseline": round(plain[0], 4),
+            "baseline_name": "the same guest headless (xendbg run: Machine.run), same wall time",
+            "unit": "M instructions/s", "note": note})
+        rows.append({
+            "what": f"guest speed with the TUI vs the same debugger session without UI, {what}",
+            "xendbg": round(tui["mips"], 4), "baseline": round(session[0], 4),
+            "baseline_name": "Session 'continue' headless (xendbg run --script), same wall time",
+            "unit": "M instructions/s",
+            "note": "the TUI's own cost: ticks, snapshots, streaming, and the UI thread"})
+    for name, memory in (("spin-pv64", 16), ("demo", 64)):
+        base = headless_pause(name, memory, PAUSE_ROUNDS)
+        tui = tui_pause(name, memory, PAUSE_ROUNDS)
+        rows.append({
+            "what": f"pause latency in the TUI ({name}): F6 until the screen shows the stop",
+            "xendbg": round(statistics.median(tui) * 1e3, 2),
+            "baseline": round(statistics.median(base) * 1e3, 2),
+            "baseline_name": "Session.pause() from another thread, no UI",
+            "unit": "ms", "higher_is_better": False,
+            "note": f"median of {PAUSE_ROUNDS}; TUI max {max(tui) * 1e3:.1f} ms, "
+                    f"headless max {max(base) * 1e3:.1f} ms"})
+    r = p2m_render()
+    rows.append({
+        "what": f"render the pfn→mfn panel for {r['pages']} pages (new data → screen lines)",
+        "xendbg": round(r["line_api"] * 1e3, 2), "baseline": round(r["datatable"] * 1e3, 1),
+        "baseline_name": "a Textual DataTable given the same rows", "unit": "ms",
+        "higher_is_better": False,
+        "note": "Line API: only the visible rows are rendered"})
+    rows.append({
+        "what": f"jump to the last of {r['pages']} pages in the pfn→mfn panel and render",
+        "xendbg": round(r["line_api_end"] * 1e3, 2),
+        "baseline": round(r["datatable_end"] * 1e3, 1),
+        "baseline_name": "the DataTable with the same rows", "unit": "ms",
+        "higher_is_better": False})
+    copy = frame_table_copy()
+    rows.append({
+        "what": "snapshot of the frame table for 65536 pages (emulator thread, per refresh)",
+        "xendbg": round(copy * 1e3, 3), "baseline": None, "unit": "ms",
+        "higher_is_better": False,
+        "note": "p2m, owners, M2P and the MMU's type/count/pin arrays copied read-only; taken at "
+                "stops, and while running only when a frame panel is shown"})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        ratio = ""
+        if isinstance(row.get("xendbg"), float | int) and isinstance(row.get("baseline"),
+                                                                        float | int):
+            ratio = f"  ratio {row['xendbg'] / row['baseline']:.3g}" if row["baseline"] else ""
+        print(f"{row['what']}: {row['xendbg']} {row.get('unit', '')} vs {row.get('baseline')} "
+              f"({row.get('baseline_name', '')}){ratio}  {row.get('note', '')}")

@@ -1,0 +1,454 @@
+"""The TUI's one adapter to the machine: it owns the emulator thread and the debugger session.
+
+Only this object touches the :class:`~xendbg.machine.machine.Machine` and the
+:class:`~xendbg.debugger.Session`, and only from one thread — the worker the screen starts with
+:meth:`Driver.serve`. The UI thread calls the thread-safe entry points (:meth:`submit`,
+:meth:`pause`, :meth:`console_input`, :meth:`set_view`, :meth:`close`), which queue work or set a
+flag; results come back as messages (:mod:`xendbg.messages`) through ``post``.
+
+How the guest runs: a run-control command (``continue``, ``stepi``, ``step-hypercall`` …) is
+executed by the session as in ``xendbg run --script``. While it runs, the machine emits a ``tick``
+event every ``Machine.tick_interval`` instructions, an interval the driver adapts to the guest's
+speed (a hypercall-heavy guest runs 0.1 M instructions a second, a tight loop 1000 M) so that
+ticks come about :data:`TICKS_PER_SECOND` times a second; on a tick — on the
+emulator thread, between two blocks, where the state is consistent — the driver takes a snapshot
+at most every :data:`REFRESH_SECONDS`, flushes the console text and hypercall records collected
+since the last one, and runs queued requests that are safe while running (console input, commands
+that do not run the guest, such as ``break``). When the command returns, the stop is published
+with an exact snapshot. A pause from the UI goes straight to the session (thread-safe).
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from xendbg.machine.abi.errno import errno_name
+from xendbg.machine.snapshot import MachineSnapshot, snapshot
+from xendbg.messages import (
+    BreakpointInfo,
+    CommandFinished,
+    ConsoleOutput,
+    GuestSpeed,
+    HypercallRecord,
+    HypercallsTraced,
+    LoadFailed,
+    MachineLoaded,
+    RunStateChanged,
+    SessionView,
+    SnapshotReady,
+    View,
+)
+
+TICKS_PER_SECOND = 20          # the tick interval adapts to the guest's speed to give about this
+TICK_MIN, TICK_MAX = 5_000, 50_000_000      # … within these bounds (instructions)
+TICK_FIRST = 100_000
+REFRESH_SECONDS = 0.25         # live snapshots at most this often
+MAX_BACKLOG = 4                # skip a live refresh while the UI has this many messages queued
+HYPERCALL_BUFFER = 4096        # records kept between two flushes (older ones are counted, dropped)
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_STOP = object()
+
+
+@dataclass
+class Loaded:
+    machine: object
+    symbols: object
+    title: str
+    detail: str = ""
+
+
+class Driver:
+    """Run a machine and its session for the TUI (see the module docstring).
+
+    ``load()`` builds the machine (it may take a while: it runs on the emulator thread) and returns
+    a :class:`Loaded`, or raises an exception whose ``str()`` is the one-line reason.
+    ``post(message)`` must be thread-safe (``App.post_message``); ``backlog()`` says how many
+    messages the UI has not handled yet (back-pressure for live snapshots).
+    """
+
+    def __init__(self, load: Callable[[], Loaded], post: Callable[[Message], object], *,
+                 backlog: Callable[[], int] = lambda: 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._load = load
+        self._post = post
+        self._backlog = backlog
+        self._clock = clock
+        self.m = None
+        self.session = None
+        self.running = False                 # a run-control command is executing
+        self.ready = threading.Event()       # the machine is built (or failed to be)
+        self.load_error: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._deferred: deque = deque()
+        self._want: dict = {"frames": False, "walk_va": None, "memory_at": None,
+                            "frame_mfn": None}
+        self._console: list[bytes] = []
+        self._calls: deque = deque(maxlen=HYPERCALL_BUFFER)
+        self._calls_seen = 0
+        self._calls_flushed = 0
+        self._last_refresh = 0.0
+        self._run_start = (0.0, 0)
+        self._speed_mark = (0.0, 0)
+        self._tick_interval = TICK_FIRST
+        self._last_tick = 0.0
+        self._live_posted = 0                # live views posted / shown: one in flight at most
+        self._live_shown = 0
+        self.thread_id: int | None = None     # the emulator thread (benchmarks read its CPU time)
+        self.internal_errors: list[str] = []  # tracebacks of the driver's own bugs (tests check)
+        self._live_ok = True
+        self._refresh_queued = False
+        self.last_stop_snapshot: MachineSnapshot | None = None
+        self._stop_before: MachineSnapshot | None = None    # the baseline of the last stop's view
+        self.closed = False
+
+    # -- called from the UI thread ----------------------------------------------------------------
+    def submit(self, line: str) -> None:
+        """Run a command line of the debugger's language (``help`` lists them)."""
+        line = line.strip()
+        if not line:
+            return
+        if self.load_error is not None:
+            self._post(CommandFinished(line, False, f"no guest: {self.load_error}"))
+            return
+        if line.split()[0] == "pause":
+            self.pause()
+            self._post(CommandFinished(line, True, "pause requested"))
+            return
+        self._queue.put(("command", line))
+
+    def pause(self) -> None:
+        """Stop the running guest at the next block boundary (nothing happens if it is stopped)."""
+        if self.session is not None and self.running:
+            self.session.pause()
+
+    def console_input(self, data: bytes) -> None:
+        """Bytes typed into the console panel: the guest reads them from its console ring."""
+        self._queue.put(("call", lambda: self.m.console.queue_input(data)))
+
+    def set_view(self, **want) -> None:
+        """What the next snapshots should include besides the basics: ``frames`` (bool),
+        ``walk_va`` (int), ``memory_at`` ((address, "va"|"ma")), ``frame_mfn`` (int)."""
+        self._want = {**self._want, **want}
+        if not self.running:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Publish the current stop again (with what :meth:`set_view` asked for). Requests that
+        arrive before the emulator thread gets to it make one refresh (holding a cursor key down
+        does not queue a snapshot per row)."""
+        if not self._refresh_queued:
+            self._refresh_queued = True
+            self._queue.put(("refresh", None))
+
+    def shown(self) -> None:
+        """The UI has drawn the last live view: the next may be sent. A UI slower than the guest
+        thus gets fewer refreshes instead of a growing queue (and a pause that waits for it)."""
+        self._live_shown = self._live_posted
+
+    def show_address(self, what: str, text: str) -> None:
+        """Point the page walk (``what="walk"``) or the memory view (``"memory"``) at an address
+        expression (numbers, registers, symbols; ``ma:``/``mfn:``/``pfn:`` for machine memory),
+        evaluated on the emulator thread with the session's symbols."""
+        self._queue.put(("address", (what, text)))
+
+    def run_for(self, insns: int) -> None:
+        """Run the guest for ``insns`` instructions (or until it stops), without live refresh: a
+        fixed budget and no ticks give a stop that is the same from run to run (the snapshot tests
+        use it), whatever the host's speed."""
+        self._queue.put(("run_for", insns))
+
+    def close(self) -> None:
+        """Stop the guest and end :meth:`serve`."""
+        self.closed = True
+        if self.session is not None:
+            self.session.pause()
+        self._queue.put(_STOP)
+
+    # -- the emulator thread ----------------------------------------------------------------------
+    def serve(self) -> None:
+        """The emulator thread's loop: load, publish the first stop, then execute requests."""
+        self.thread_id = threading.get_ident()
+        try:
+            loaded = self._load()
+        except Exception as exc:                  # noqa: BLE001 - any failure is shown, one line
+            self.load_error = str(exc) or type(exc).__name__
+            self.ready.set()
+            self._post(LoadFailed(self.load_error))
+            return
+        from xendbg.debugger import Session
+        self.m = loaded.machine
+        self.session = Session(self.m, loaded.symbols)
+        self.m.listeners.append(self._on_event)
+        self.ready.set()
+        self._post(MachineLoaded(loaded.title, loaded.detail))
+        self._publish("stop")
+        while True:
+            item = self._deferred.popleft() if self._deferred else self._queue.get()
+            if item is _STOP:
+                return
+            try:
+                self._handle(item)
+            except Exception as exc:              # noqa: BLE001 - a TUI bug must not end the loop
+                self.running = False
+                self._internal_error(f"{item[0]} {item[1]!r}", exc)
+            if self.closed:
+                return
+
+    def _internal_error(self, where: str, exc: Exception) -> None:
+        self.internal_errors.append(traceback.format_exc())
+        self._post(CommandFinished(where, False, f"xendbg internal error in the TUI ({where}): "
+                                                 f"{type(exc).__name__}: {exc}"))
+
+    def _handle(self, item) -> None:
+        kind, arg = item
+        if kind == "command":
+            self._command(arg)
+        elif kind == "run_for":
+            self._run_control(f"run {arg} instructions",
+                              lambda: self._stop_result(self.session.resume(arg)), live=False)
+        elif kind == "call":
+            arg()
+            self._flush_streams()
+        elif kind == "refresh":
+            self._refresh_queued = False
+            self._publish("refresh")
+        elif kind == "address":
+            if self._set_address(*arg):
+                self._publish("refresh")
+
+    def _command(self, line: str) -> None:
+        from xendbg.debugger.commands import lookup
+        cmd = lookup(line.split()[0])
+        if cmd is not None and cmd.runs_guest:
+            self._run_control(line, lambda: self.session.execute(line))
+            return
+        result = self.session.execute(line)
+        self._flush_streams()
+        self._post(CommandFinished(line, result.ok, result.text))
+        self._publish("refresh")
+
+    @staticmethod
+    def _stop_result(stop):
+        """A :class:`CommandResult` for a run the driver started itself (``run_for``)."""
+        from xendbg.debugger import CommandResult
+        return CommandResult(True, stop.text, {"reason": stop.reason, "ip": stop.ip, **stop.data},
+                             stop)
+
+    def _run_control(self, line: str, execute: Callable[[], object], live: bool = True) -> None:
+        m = self.m
+        now = self._clock()
+        self.running = True
+        self._run_start = self._speed_mark = (now, m.insns)
+        self._last_refresh = self._last_tick = now
+        self._post(RunStateChanged(True, line))
+        m.tick_interval = self._tick_interval if live else 0
+        try:
+            result = execute()
+        finally:
+            m.tick_interval = 0
+            self.running = False
+        t0, i0 = self._run_start
+        wall = self._clock() - t0
+        mips = (m.insns - i0) / wall / 1e6 if wall > 0 else None
+        self._flush_streams()
+        stop = result.stop
+        self._post(CommandFinished(line, result.ok, result.text))
+        self._post(RunStateChanged(False, line, stop.reason if stop is not None else None,
+                                   stop.text if stop is not None else result.text, mips))
+        self._publish("stop")
+
+    # -- machine events (emulator thread) -----------------------------------------------------------
+    def _on_event(self, e) -> None:
+        kind = e.kind
+        if kind == "hypercall":
+            self._calls.append(e)
+            self._calls_seen += 1
+        elif kind == "console":
+            self._console.append(e.data["data"])
+        elif kind == "tick" and self._live_ok:
+            # Called by the machine between two blocks: a bug in the live refresh must not crash
+            # the domain; it turns the live refresh off and says why (stops still show).
+            try:
+                self._tick()
+            except Exception as exc:              # noqa: BLE001
+                self._live_ok = False
+                self._internal_error("the live refresh", exc)
+
+    def _tick(self) -> None:
+        now = self._clock()
+        elapsed = now - self._last_tick
+        self._last_tick = now
+        if elapsed > 0:
+            # Aim at TICKS_PER_SECOND, half-way from the current interval (no oscillation).
+            ideal = self.m.tick_interval / (elapsed * TICKS_PER_SECOND)
+            interval = int(min(TICK_MAX, max(TICK_MIN, (self.m.tick_interval + ideal) / 2)))
+            self.m.tick_interval = self._tick_interval = interval
+        if now - self._last_refresh < REFRESH_SECONDS:
+            return
+        self._run_queued_while_running()
+        if self._live_shown < self._live_posted or self._backlog() >= MAX_BACKLOG:
+            return                      # the UI is behind: keep the streams for the next tick
+        self._last_refresh = now
+        self._flush_streams()
+        t, i = self._speed_mark
+        insns = self.m.insns
+        if now > t:
+            self._post(GuestSpeed((insns - i) / (now - t) / 1e6, insns))
+        self._speed_mark = (now, insns)
+        self._live_posted += 1
+        self._publish("live")
+
+    def _run_queued_while_running(self) -> None:
+        """Requests that arrived while the guest runs: what is safe between two blocks runs now;
+        a command that would run the guest waits for the current one to finish."""
+        from xendbg.debugger.commands import lookup
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._deferred.append(item)
+                continue
+            kind, arg = item
+            if kind == "command":
+                cmd = lookup(arg.split()[0])
+                if cmd is not None and cmd.runs_guest:
+                    self._deferred.append(item)
+                    continue
+                result = self.session.execute(arg)
+                self._post(CommandFinished(arg, result.ok, result.text))
+            elif kind == "call":
+                arg()
+            elif kind == "run_for":
+                self._deferred.append(item)
+            elif kind == "address":
+                self._set_address(*arg)
+            # "refresh": the live snapshot that follows serves it
+
+    def _set_address(self, what: str, text: str) -> bool:
+        from xendbg.debugger.memview import DebugError, parse_address
+        try:
+            addr = parse_address(self.m, self.session.symbols, text)
+        except DebugError as exc:
+            self._post(CommandFinished(f"{what} {text}", False, str(exc)))
+            return False
+        if what == "walk":
+            if addr.space != "va":
+                self._post(CommandFinished(f"walk {text}", False,
+                                           "a page walk needs a guest-virtual address"))
+                return False
+            self._want = {**self._want, "walk_va": addr.value}
+        else:
+            self._want = {**self._want, "memory_at": (addr.value, addr.space)}
+        return True
+
+    def _flush_streams(self) -> None:
+        if self._console:
+            data = b"".join(self._console)
+            self._console.clear()
+            self._post(ConsoleOutput(data.decode("utf-8", "replace")))
+        if self._calls:
+            events = list(self._calls)
+            self._calls.clear()
+            first = self._calls_seen - len(events)
+            dropped = first - self._calls_flushed
+            self._calls_flushed = self._calls_seen
+            self._post(HypercallsTraced(tuple(_record(first + i, e) for i, e in enumerate(events)),
+                                        dropped))
+
+    # -- snapshots ------------------------------------------------------------------------------------
+    def _publish(self, kind: str) -> None:
+        """Post a view: ``stop`` (after the guest ran: the new baseline for highlights),
+        ``refresh`` (same state, other things asked for), ``live`` (while running)."""
+        m, s = self.m, self.session
+        live = kind == "live"
+        want = self._want
+        hint = None
+        found = s.symbols.lookup(m.cpu.ip)
+        if found is not None:
+            hint = found[0].address
+        snap = snapshot(m, code_hint=hint, frames=bool(want["frames"]) or not live,
+                        walk_va=want["walk_va"], memory_at=want["memory_at"],
+                        frame_mfn=want["frame_mfn"])
+        if kind == "stop":
+            self._stop_before = self.last_stop_snapshot
+            self.last_stop_snapshot = snap
+        before = self._stop_before if kind != "live" else self.last_stop_snapshot
+        self._post(SnapshotReady(View(snap, self._session_view(snap, exact=not live), before,
+                                      kind)))
+
+    def _session_view(self, snap: MachineSnapshot, exact: bool) -> SessionView:
+        s = self.session
+        backtrace: tuple[int, ...] = ()
+        irqs: dict[int, int] = {}
+        at_entry = at_entry_name = None
+        history: tuple[str, ...] = ()
+        finished: tuple = ()
+        if exact:
+            # Through the command language (not its modules' functions): what `backtrace` and
+            # `info irq` answer is what the panels show. run_command keeps them out of the
+            # user's history.
+            from xendbg.debugger.commands import run_command
+            result = run_command(s, "backtrace")
+            if result.ok and isinstance(result.data, dict):
+                backtrace = tuple(result.data.get("frames", ()))
+            result = run_command(s, "info irq")
+            if result.ok and isinstance(result.data, dict):
+                irqs = {k: v for k, v in result.data.items()
+                        if isinstance(k, int) and isinstance(v, int)}
+            if s.at_entry is not None:
+                from xendbg.debugger.decode import describe_call
+                d = s.at_entry
+                decoded = describe_call(self.m, d["name"], dict(zip(d["arg_names"], d["args"],
+                                                                    strict=False)))
+                at_entry = tuple(decoded.text().splitlines())
+                at_entry_name = d["name"]
+            mfn = self._want["frame_mfn"]
+            if mfn is not None:
+                history = tuple(s.frame_history.get(mfn, [])[-40:])
+            stop = s.last_stop
+            if stop is not None and stop.data.get("entries"):
+                finished = tuple((e["multicall"], e["name"], e["result"])
+                                 for e in stop.data["entries"])
+        addresses = set(backtrace)
+        for insn in snap.code.insns:
+            addresses.add(insn.address)
+            addresses.update(int(h, 16) for h in _HEX.findall(insn.op_str))
+        addresses.update(v for _a, v in snap.stack.words if v is not None)
+        addresses.update(v for _n, v in snap.registers)
+        labels = {}
+        for a in addresses:
+            name = s.symbols.name_of(a)
+            if name is not None:
+                labels[a] = name
+        bps = tuple(BreakpointInfo(b.number, b.kind, b.enabled, b.hits, b.address, b.describe())
+                    for b in s.breakpoints.listed())
+        stop = s.last_stop
+        return SessionView(labels=labels, breakpoints=bps, at_entry=at_entry,
+                           at_entry_name=at_entry_name,
+                           last_stop=stop.reason if stop is not None else None,
+                           last_stop_text=stop.text if stop is not None else "",
+                           backtrace=backtrace, irqs=irqs, frame_history=history,
+                           finished_entries=finished)
+
+
+def _record(seq: int, e) -> HypercallRecord:
+    d = e.data
+    names = d.get("arg_names") or ()
+    args = tuple((names[i] if i < len(names) else f"arg{i}", v) for i, v in enumerate(d["args"]))
+    result = d.get("result")
+    error = d.get("error")
+    if error is None and isinstance(result, int) and -4096 < result < 0:
+        error = errno_name(result)
+    return HypercallRecord(seq, e.insns, d.get("ip", 0), d["name"], args, result, error,
+                           d.get("multicall"))

@@ -1,0 +1,118 @@
+"""Hypercall log: every call the guest made, decoded (name, named arguments, result), errors
+highlighted, filterable by name. Line API and a bounded history: it grows while the guest runs.
+
+Filter: names separated by spaces or commas (``mmu_update, event_channel_op``), a prefix with a
+``*`` (``evtchn*``), ``!name`` to hide one, and ``errors`` for failed calls only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Input
+
+from xendbg.messages import HypercallRecord
+from xendbg.views.fmt import result_text
+from xendbg.views.lines import Cell, LineTable, TextLine
+
+KEEP = 50_000
+
+
+class CallFilter:
+    def __init__(self, text: str = "") -> None:
+        words = [w for w in text.replace(",", " ").split() if w]
+        self.errors = "errors" in words
+        words = [w for w in words if w != "errors"]
+        self.hide = {w[1:] for w in words if w.startswith("!")}
+        self.show = [w for w in words if not w.startswith("!")]
+        self.text = text
+
+    def __call__(self, r: HypercallRecord) -> bool:
+        if self.errors and r.error is None:
+            return False
+        if r.name in self.hide:
+            return False
+        if not self.show:
+            return True
+        return any(r.name == w or (w.endswith("*") and r.name.startswith(w[:-1]))
+                   for w in self.show)
+
+
+class HypercallTable(LineTable):
+    columns = (("#", 7), ("insns", 11), ("call", 22), ("arguments", 58), ("result", 14))
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.records: deque[HypercallRecord] = deque(maxlen=KEEP)
+        self.shown: list[HypercallRecord] = []
+        self.filter = CallFilter()
+        self.dropped = 0
+        self.errors_shown = 0
+        self.follow = True
+
+    def row_count(self) -> int:
+        return len(self.shown)
+
+    def row_cells(self, row: int) -> list[Cell]:
+        r = self.shown[row]
+        style = "line-table--error" if r.error is not None else None
+        name = r.name if r.multicall is None else f"  [{r.multicall}] {r.name}"
+        args = ", ".join(f"{k}={v:#x}" for k, v in r.args)
+        return [(str(r.seq), "line-table--dim"), (str(r.insns), "line-table--dim"), (name, style),
+                (args, None), (result_text(r.result), style)]
+
+    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0) -> None:
+        self.dropped += dropped
+        at_end = not self.shown or self.cursor >= len(self.shown) - 1
+        self.records.extend(records)
+        new = [r for r in records if self.filter(r)]
+        self.shown.extend(new)
+        self.errors_shown += sum(1 for r in new if r.error is not None)
+        if len(self.shown) > KEEP:
+            cut = len(self.shown) - KEEP
+            self.errors_shown -= sum(1 for r in self.shown[:cut] if r.error is not None)
+            del self.shown[:cut]
+            self.set_reactive(HypercallTable.cursor, max(0, self.cursor - cut))
+        self.rows_changed()
+        if self.follow and at_end and self.shown:
+            self.move_cursor(len(self.shown) - 1)
+
+    def set_filter(self, text: str) -> None:
+        self.filter = CallFilter(text)
+        self.shown = [r for r in self.records if self.filter(r)]
+        self.errors_shown = sum(1 for r in self.shown if r.error is not None)
+        self.rows_changed()
+        if self.shown:
+            self.move_cursor(len(self.shown) - 1)
+
+
+class HypercallLogView(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="filter: names (mmu_update, evtchn*), !name, errors",
+                    id="hypercall-filter")
+        yield TextLine("", id="hypercall-summary")
+        yield HypercallTable(id="hypercall-table")
+
+    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0) -> None:
+        table = self.query_one(HypercallTable)
+        table.add(records, dropped)
+        self._summary()
+
+    def _summary(self) -> None:
+        table = self.query_one(HypercallTable)
+        text = f"{len(table.shown)} shown of {len(table.records)} kept, {table.errors_shown} " \
+               "errors shown"
+        if table.dropped:
+            text += f"; {table.dropped} not kept (the guest made them faster than shown)"
+        self.query_one("#hypercall-summary", TextLine).set(text)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.query_one(HypercallTable).set_filter(event.value)
+        self._summary()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.query_one(HypercallTable).focus()
