@@ -171,8 +171,8 @@ allowed_bits = st.lists(st.sampled_from([RW, RW, US, 0x20, 0x40, 0x100, 0x200, 1
                                          1 << 63]), max_size=4)
 any_bits = st.lists(st.sampled_from([P, RW, US, 0x8, 0x10, 0x80, 0x100, 1 << 52, 1 << 60,
                                      1 << 63]), max_size=5)
-mapping = st.builds(lambda m, b: m << 12 | P | sum(set(b)), st.integers(0, NR - 1), allowed_bits)
-entries_st = st.lists(st.one_of(mapping, mapping, mapping, mapping, st.just(0),   # mostly good
+mapping = st.builds(lambda m, b: m << 12 | P | sum(set(b)), st.integers(0, NR - 3), allowed_bits)
+entries_st = st.lists(st.one_of(mapping, mapping, mapping, mapping, mapping, mapping, st.just(0),
                                 st.builds(lambda m, b: m << 12 | sum(set(b)), mfns, any_bits),
                                 st.integers(0, (1 << 64) - 1)),
                       min_size=0, max_size=40)
@@ -181,11 +181,18 @@ entries_st = st.lists(st.one_of(mapping, mapping, mapping, mapping, st.just(0), 
 @st.composite
 def frame_tables(draw):
     f = Frames(NR)
+    clean = draw(st.booleans())        # half the time a table in which most mappings succeed
     for mfn in range(NR):
-        f.owner[mfn] = draw(st.sampled_from([DOMID] * 6 + [0, DOMID_INVALID]))
-        f.count[mfn] = draw(counts)
-        f.type_[mfn] = draw(types)
-        f.type_count[mfn] = draw(type_counts)
+        if clean and mfn < NR - 2:
+            f.owner[mfn] = DOMID
+            f.count[mfn] = draw(st.integers(1, 3))
+            f.type_[mfn] = draw(st.sampled_from([V.T_NONE, V.T_WRITABLE, V.T_L1, V.T_SEG_DESC]))
+            f.type_count[mfn] = 0 if f.type_[mfn] != V.T_WRITABLE else draw(st.integers(0, 2))
+        else:
+            f.owner[mfn] = draw(st.sampled_from([DOMID] * 6 + [0, DOMID_INVALID]))
+            f.count[mfn] = draw(counts)
+            f.type_[mfn] = draw(types)
+            f.type_count[mfn] = draw(type_counts)
         f.flags[mfn] = draw(st.integers(0, 255))
     return f
 

@@ -149,3 +149,10 @@ def test_input_escapes():
     assert parse_escapes(r"echo $((6*7))\n") == b"echo $((6*7))\n"
     assert parse_escapes(r"a\tb\r\x41\\") == b"a\tb\rA\\"
     assert parse_escapes(r"\xZZ") == b"\\xZZ"
+
+
+def test_vcpus_option():
+    assert run("run", "hello-pv64", "--vcpus", "1").returncode == 0
+    line = _one_line_error(run("run", "hello-pv64", "--vcpus", "2"))
+    assert "one vCPU" in line
+    _one_line_error(run("run", "hello-pv64", "--vcpus", "0"))

@@ -26,6 +26,9 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p2m", choices=("shuffled", "linear"), default="shuffled",
                    help="how guest frames map to machine frames (default: shuffled, not the "
                         "identity, as on a real Xen host)")
+    p.add_argument("--vcpus", type=int, default=1, metavar="N",
+                   help="number of vCPUs (default 1; only 1 is supported so far — SMP guests "
+                        "are refused with a clear message)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             return run(RunOptions(kernel=args.kernel, cmdline=args.cmdline, ramdisk=args.ramdisk,
                                   memory=args.memory, until=args.until, timeout=args.timeout,
                                   input=args.input, stats=args.stats, trace=args.trace,
-                                  p2m=args.p2m, script=args.script, symbols=args.symbols))
+                                  p2m=args.p2m, script=args.script, symbols=args.symbols,
+                                  vcpus=args.vcpus))
         if args.command == "guests":
             return _guests(args)
         if args.command == "lab":

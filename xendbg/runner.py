@@ -67,6 +67,7 @@ class RunOptions:
     stats: bool = False
     trace: str | None = None
     p2m: str = "shuffled"
+    vcpus: int = 1
     script: str | None = None         # debugger commands to run (xendbg.debugger.script)
     symbols: str | None = None        # a System.map for the debugger
 
@@ -98,6 +99,10 @@ def load(opts: RunOptions, progress=None) -> tuple[Machine, KernelImage, Path]:
         except OSError as exc:
             raise UsageError(f"--ramdisk {opts.ramdisk}: {exc.strerror or exc}") from None
     memory = opts.memory if opts.memory is not None else default_memory(image)
+    if opts.vcpus != 1:
+        raise UsageError(f"--vcpus {opts.vcpus}: xendbg runs one vCPU so far (SMP guests are "
+                         "not implemented yet)" if opts.vcpus > 1 else
+                         f"--vcpus {opts.vcpus}: a domain needs at least one vCPU")
     config = BuildConfig(memory_mib=memory, cmdline=opts.cmdline, ramdisk=ramdisk, p2m=opts.p2m)
     try:
         machine = Machine(image, config)

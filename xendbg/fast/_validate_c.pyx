@@ -36,6 +36,23 @@ cdef int _cmp_i64(const void *a, const void *b) noexcept nogil:
     return (x > y) - (x < y)
 
 
+cdef bint _sorted_i64(const int64_t *values, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if values[i] < values[i - 1]:
+            return False
+    return True
+
+
+cdef bint _changes_sorted(const Change *changes, Py_ssize_t n) noexcept nogil:
+    # A direct map lists its frames in order: skip the sort then (it would be most of the time).
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        if changes[i].mfn < changes[i - 1].mfn:
+            return False
+    return True
+
+
 cdef inline int32_t _inc(int32_t v) noexcept nogil:
     # numpy's wrap-around at the int32 limits, without C's signed-overflow UB.
     return <int32_t>(<uint32_t>v + 1u)
@@ -113,7 +130,7 @@ def validate_l1(entries, domid, disallow, adjust, owner, count, type_, type_coun
                     tcnt[mfn] = _inc(tcnt[mfn])
                 if c_adjust:
                     ents[i] = e | c_adjust
-            if nch > 1:
+            if nch > 1 and not _changes_sorted(changes, nch):
                 qsort(changes, nch, sizeof(Change), _cmp_change)
         if nch and (chg.shape[0] < 2 or chg.shape[1] < nch):
             raise ValueError(f"changed has shape ({chg.shape[0]}, {chg.shape[1]}); "
@@ -160,7 +177,7 @@ def devalidate_l1(entries, count, type_count, zeroed):
                 if mfn < nr and cnt[mfn] == 0:
                     gone[k] = <int64_t>mfn
                     k += 1
-            if k > 1:
+            if k > 1 and not _sorted_i64(gone, k):
                 qsort(gone, k, sizeof(int64_t), _cmp_i64)
             for i in range(k):
                 if nzero == 0 or gone[i] != gone[nzero - 1]:

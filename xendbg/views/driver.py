@@ -160,6 +160,13 @@ class Driver:
         evaluated on the emulator thread with the session's symbols."""
         self._queue.put(("address", (what, text)))
 
+    def symbols_matching(self, prefix: str, limit: int = 50) -> list[str]:
+        """The guest's symbol names starting with ``prefix`` (for completion). The symbol table
+        does not change once loaded, so the UI thread may ask."""
+        if not prefix or self.session is None:
+            return []
+        return self.session.symbols.matching(prefix, limit)
+
     def run_for(self, insns: int) -> None:
         """Run the guest for ``insns`` instructions (or until it stops), without live refresh: a
         fixed budget and no ticks give a stop that is the same from run to run (the snapshot tests

@@ -35,7 +35,6 @@ carries one, else the defaults; :meth:`Clock.configure` replaces it before the g
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -214,7 +213,7 @@ class Clock:
             if self._earliest_ns is not None:
                 tsc = self.tsc_at(self._earliest_ns)
                 if tsc is not None:
-                    insns = math.ceil(max(tsc - self._idle_tsc, 0) / self.tsc_per_insn)
+                    insns = -(-max(tsc - self._idle_tsc, 0) // self.tsc_per_insn)   # ceil
                     self._due = max(insns, 1)      # 0 would mean "no budget" to the counter
             self._due_valid = True
         return self._earliest_ns
@@ -416,8 +415,8 @@ class Clock:
 
     def _idle_until(self, ns: int) -> bool:
         tsc = self.tsc_at(ns)
-        if tsc is None:
-            return False
+        if tsc is None or tsc > MASK64:
+            return False                         # beyond what a 64-bit TSC can count to
         now = self.tsc()
         if tsc > now:
             self.idle_tsc += tsc - now

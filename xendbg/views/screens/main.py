@@ -169,11 +169,8 @@ class MainScreen(Screen):
         from xendbg.debugger.info import TOPICS
         from xendbg.machine import hypercalls
         names = [c.name for c in COMMANDS] + [a for c in COMMANDS for a in c.aliases]
-        session = self.driver.session
-        symbols = session.symbols.matching if session is not None else (lambda prefix: [])
         return completions(line, names, list(TOPICS), [d.name for d in hypercalls.TABLE],
-                           [v.lower() for v in VIRQ_NAMES.values()],
-                           lambda prefix: symbols(prefix, 50) if prefix else [])
+                           [v.lower() for v in VIRQ_NAMES.values()], self.driver.symbols_matching)
 
     def on_input_submitted(self, event: CommandLine.Submitted) -> None:
         if not isinstance(event.input, CommandLine):
