@@ -122,7 +122,14 @@ def file_rows() -> list[dict]:
 
 
 def run() -> list[dict]:
-    return hypercall_rows() + file_rows()
+    rows = []
+    for part in (hypercall_rows, file_rows):
+        try:
+            rows += part()
+        except Exception as exc:                   # noqa: BLE001 - one part's failure is a row
+            rows.append({"what": f"{part.__name__}: failed", "xendbg": "—", "ok": False,
+                         "note": str(exc)[-1500:]})
+    return rows
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=4 * 3600, help="per module, seconds")
     p.add_argument("--out", default=str(BENCH / "results"),
                    help="output path without extension (default bench/results)")
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows of the modules not run this time from the existing report")
     p.add_argument("--child", nargs=2, metavar=("MODULE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -175,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench:   {r['what']}: {_fmt(r.get('xendbg'))} {r.get('unit', '')} "
                   f"(baseline {_fmt(r.get('baseline'))}) {flag}", file=sys.stderr, flush=True)
     out = Path(args.out)
+    if args.update and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        ran = set(took)
+        kept = [r for r in old["rows"] if r.get("module") not in ran]
+        for name, seconds in old.get("seconds", {}).items():
+            took.setdefault(name, seconds)
+        rows = sorted(kept + rows, key=lambda r: r.get("module", ""))
+        took = dict(sorted(took.items()))
     out.with_suffix(".md").write_text(markdown(rows, info, took, args.quick))
     out.with_suffix(".json").write_text(json.dumps(
         {"host": info, "quick": args.quick, "seconds": took, "rows": rows}, indent=1,

@@ -85,3 +85,14 @@ def test_the_cli_answers_a_truncated_image_with_one_line():
     kind, err = files._cli_case(data, memory_limit_mib=1536)
     assert kind is None, err
     assert err.strip().startswith("xendbg: ") and "truncated ELF" in err
+
+
+def test_known_issues_match_only_their_symptom():
+    from xendbg.fuzz.known import known_issue
+
+    mmap_tb = 'File "xendbg/machine/memory.py", line 42, in __init__\n    self._mmap = mmap.mmap(...)\n'
+    assert known_issue("exception from build_domain (16 MiB)", "OSError: [Errno 12] Cannot "
+                       "allocate memory", mmap_tb) == "builder-allocation"
+    assert known_issue("exception from build_domain (16 MiB)", "KeyError: 3", "elsewhere") is None
+    assert known_issue("hang", "no answer within 5 s", "in count_tables\n") == "count-tables-span"
+    assert known_issue("escape", "ValueError: boom", "do_xen_version") is None

@@ -101,3 +101,33 @@ def test_domain_life_checks(lab_machine):
     m.domain.crashed = ""
     inv.before()
     assert any("without a reason" in v.message for v in inv.after("crash"))
+
+
+def test_a_systematic_finding_is_counted_but_kept_only_a_few_times():
+    from xendbg.fuzz.hypercalls import KEEP, Finding, HypercallReport
+
+    report = HypercallReport(guest="g", seed=1)
+    for i in range(50):
+        report.add(Finding(kind="evtchn", message=f"port {i} was closed but is still pending",
+                           detail="", guest="g", seed=1, call=i, domain_first_call=0, nr=32,
+                           name="event_channel_op", args=[], via="trap", buffers=[]))
+    assert report.new_count == 50 and len(report.findings) == KEEP
+
+
+def test_a_copy_that_dies_is_a_finding_and_the_run_goes_on(monkeypatch):
+    import os
+    import signal
+
+    from xendbg.fuzz import hypercalls as fh
+
+    real = fh._run_domain
+
+    def dies_once(target, rng, first, limit, **kw):
+        if first == 5:
+            os.kill(os.getpid(), signal.SIGSEGV)        # as a crash inside Unicorn would
+        return real(target, rng, first, limit, **kw)
+
+    monkeypatch.setattr(fh, "_run_domain", dies_once)
+    report = fuzz_hypercalls("hello-pv64", 1, 40, lifetime=5, fork=True)
+    assert report.calls == 40
+    assert [f.message for f in report.unknown] == ["the fuzzed copy of xendbg died (signal 11)"]

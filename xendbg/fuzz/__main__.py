@@ -36,11 +36,11 @@ def _hypercalls(args) -> int:
                 continue
             seen.add((f.kind, f.message))
             print(f.describe())
-        found += len(report.unknown)
+        found += report.new_count
         out.append({"guest": guest, "seed": args.seed, "calls": report.calls,
                     "domains": report.domains, "elapsed": report.elapsed,
                     "calls_per_s": report.calls_per_s, "digest": report.digest,
-                    "known": dict(report.known),
+                    "known": dict(report.known), "new_findings": report.new_count,
                     "findings": [f.describe() for f in report.unknown]})
     if args.json:
         with open(args.json, "w") as fh:
@@ -67,7 +67,7 @@ def _files(args) -> int:
             print(f.describe())
         for key, count in report.known.items():
             print(f"  known issue {key}: {count} cases")
-        found += len(report.unknown)
+        found += report.new_count
         out.append(report.as_dict())
     if args.json:
         with open(args.json, "w") as fh:

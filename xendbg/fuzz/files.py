@@ -244,6 +244,10 @@ class FilesReport:
     def known(self) -> Counter:
         return Counter(f.known for f in self.failures if f.known is not None)
 
+    @property
+    def new_count(self) -> int:
+        return len(self.unknown)
+
     def summary(self) -> str:
         return (f"{self.fmt} seed {self.seed}: {self.cases} cases in {self.elapsed:.1f} s "
                 f"({self.cases_per_s:.0f}/s, slowest {self.slowest * 1000:.0f} ms); "

@@ -28,12 +28,14 @@ finding at call N is replayed by running the same seed for N + 1 calls.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import os
 import pickle
 import random
 import re
 import struct
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -53,6 +55,7 @@ from .target import SENTINEL_STOP, FuzzTarget
 
 MIN_BOOT = 16                 # past Xen's entry trampoline, so the guest runs at its own CPL
 TEMPLATE_USES = 25
+KEEP = 5                      # examples kept of each kind of finding
 PRIMED = 0.8                  # the share of templates primed with handlers and callbacks
 MMU_EVERY = 32
 MMU_NUMBERS = frozenset({X.HYPERVISOR_mmu_update, X.HYPERVISOR_set_gdt,
@@ -134,7 +137,8 @@ class HypercallReport:
     stops: Counter = field(default_factory=Counter)          # how each call's run stopped
     crashes: Counter = field(default_factory=Counter)        # crash reasons, numbers elided
     replaced: Counter = field(default_factory=Counter)       # why domains ended
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)    # the first KEEP of each kind
+    finding_counts: Counter = field(default_factory=Counter)  # (kind, message, known) → count
     mmu_baseline: list[str] = field(default_factory=list)    # violations of a fresh domain
     digest: str = ""
     mmu_checked: bool = False
@@ -155,7 +159,24 @@ class HypercallReport:
 
     @property
     def known(self) -> Counter:
-        return Counter(f.known for f in self.findings if f.known is not None)
+        """How many findings matched each known issue."""
+        out: Counter = Counter()
+        for (_kind, _msg, known), count in self.finding_counts.items():
+            if known is not None:
+                out[known] += count
+        return out
+
+    @property
+    def new_count(self) -> int:
+        return sum(c for (_k, _m, known), c in self.finding_counts.items() if known is None)
+
+    def add(self, finding: Finding) -> None:
+        """Count every finding; keep the first few of each kind (a systematic one would repeat
+        on every call of a million-call run)."""
+        key = (finding.kind, _normalize(finding.message), finding.known)
+        self.finding_counts[key] += 1
+        if self.finding_counts[key] <= KEEP:
+            self.findings.append(finding)
 
     def merge(self, r: DomainResult) -> None:
         self.calls += r.calls
@@ -163,7 +184,8 @@ class HypercallReport:
                              (self.stops, r.stops), (self.crashes, r.crashes)):
             mine.update(theirs)
         self.replaced[r.ended] += 1
-        self.findings += r.findings
+        for f in r.findings:
+            self.add(f)
         self.check_time += r.check_time
         self.mmu_checks += r.mmu_checks
 
@@ -180,8 +202,8 @@ class HypercallReport:
                  f"  domains ended: {dict(self.replaced.most_common())}",
                  f"  checks: escapes, domain life, event channels"
                  f"{' (set_pending watched)' if self.pending_watched else ''}, {mmu}",
-                 f"  findings: {len(self.unknown)} new, {sum(self.known.values())} of known "
-                 f"issues {dict(self.known)}; escapes {len(self.escapes)}; digest "
+                 f"  findings: {self.new_count} new, {sum(self.known.values())} of known "
+                 f"issues {dict(self.known)}; digest "
                  f"{self.digest[:16]}"]
         if self.mmu_baseline:
             lines.append(f"  MMU checker on a fresh domain (not counted): {self.mmu_baseline[:3]}")
@@ -238,7 +260,7 @@ def fuzz_hypercalls(guest: str | KernelImage, seed: int, calls: int, *, lifetime
             report.build_time += time.perf_counter() - t0
             report.templates += 1
             for tb in template.m.internal_errors:
-                report.findings.append(Finding(
+                report.add(Finding(
                     kind="escape", message=tb.strip().splitlines()[-1], detail=tb, guest=name,
                     seed=seed, call=report.calls, domain_first_call=report.calls, nr=-1,
                     name="priming", args=[], via="trap", buffers=[]))
@@ -258,6 +280,7 @@ def fuzz_hypercalls(guest: str | KernelImage, seed: int, calls: int, *, lifetime
                 rng = random.Random(f"xendbg-fuzz:{seed}:{name}:after:{first}")
                 died = result.findings[0]
                 died.guest, died.seed, died.call, died.domain_first_call = name, seed, first, first
+                result.calls = 1                    # (how far it got is lost) keep moving
             template_probe = template
         else:
             result = _run_domain(template, rng, first, limit, **opts)
@@ -294,34 +317,41 @@ def _baseline(target: FuzzTarget) -> list[str]:
 
 
 def _in_child(work: Callable[[], DomainResult]) -> DomainResult:
-    """Run ``work`` in a forked copy of this process; its result comes back pickled."""
+    """Run ``work`` in a forked copy of this process; its result comes back pickled. The copy's
+    stderr goes to a file, so that if it dies its last words (faulthandler's stack dump) are kept."""
     rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                    # the copy
-        os.close(rfd)
-        code = 0
-        try:
-            payload = pickle.dumps(("ok", work()))
-        except BaseException:                      # noqa: BLE001 - a harness bug: report it
-            payload = pickle.dumps(("error", traceback.format_exc()))
-            code = 1
-        with os.fdopen(wfd, "wb") as out:
-            out.write(payload)
-        os._exit(code)
-    os.close(wfd)
-    with os.fdopen(rfd, "rb") as inp:
-        payload = inp.read()
-    _, status = os.waitpid(pid, 0)
-    if payload:
-        kind, value = pickle.loads(payload)
-        if kind == "error":
-            raise RuntimeError(f"the fuzzer itself failed in a domain copy:\n{value}")
-        return value
+    with tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:                                # the copy
+            os.close(rfd)
+            os.dup2(err.fileno(), 2)
+            faulthandler.enable()
+            code = 0
+            try:
+                payload = pickle.dumps(("ok", work()))
+            except BaseException:                  # noqa: BLE001 - a harness bug: report it
+                payload = pickle.dumps(("error", traceback.format_exc()))
+                code = 1
+            with os.fdopen(wfd, "wb") as out:
+                out.write(payload)
+            os._exit(code)
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as inp:
+            payload = inp.read()
+        _, status = os.waitpid(pid, 0)
+        if payload:
+            kind, value = pickle.loads(payload)
+            if kind == "error":
+                raise RuntimeError(f"the fuzzer itself failed in a domain copy:\n{value}")
+            return value
+        err.seek(0)
+        last_words = err.read()[-4000:].decode(errors="replace")
     why = (f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
            else f"status {os.WEXITSTATUS(status)}")
     return DomainResult(ended="the process died", findings=[Finding(
-        kind="escape", message=f"the fuzzed copy of xendbg died ({why})", detail="", guest="",
-        seed=0, call=0, domain_first_call=0, nr=-1, name="?", args=[], via="?", buffers=[])])
+        kind="escape", message=f"the fuzzed copy of xendbg died ({why})", detail=last_words,
+        guest="", seed=0, call=0, domain_first_call=0, nr=-1, name="?", args=[], via="?",
+        buffers=[])])
 
 
 def _run_domain(target: FuzzTarget, rng: random.Random, first: int, limit: int, *, budget: int,
