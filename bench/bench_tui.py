@@ -120,6 +120,20 @@ def headless_pause(name: str, memory: int, rounds: int) -> list[float]:
     return out
 
 
+async def _press(app, key: str) -> None:
+    """A key as the terminal driver delivers it (Pilot.press also waits for the whole process
+    to go idle, which it never does while the emulator thread runs: it would time Pilot)."""
+    from textual import events
+    app._driver.send_message(events.Key(key, None))
+
+
+async def _shown(screen) -> None:
+    """Until the screen has been drawn after what is queued now (the next compositor refresh)."""
+    drawn = asyncio.get_running_loop().create_future()
+    screen.call_after_refresh(lambda: drawn.done() or drawn.set_result(None))
+    await drawn
+
+
 async def _tui_pause(name: str, memory: int, rounds: int) -> list[float]:
     app = _app(name, memory)
     out = []
@@ -127,18 +141,20 @@ async def _tui_pause(name: str, memory: int, rounds: int) -> list[float]:
         screen = app.screen
         await _until(pilot, lambda: screen.stops >= 1)
         for i in range(rounds):
-            await pilot.press("f5")
+            await _press(app, "f5")
             await _until(pilot, lambda: screen.running)
             await asyncio.sleep(0.3)
             start = time.perf_counter()
-            await pilot.press("f6")
-            await _until(pilot, lambda i=i: not screen.running and screen.stops >= i + 2)
+            await _press(app, "f6")
+            while screen.running or screen.stops < i + 2:
+                await asyncio.sleep(0.001)
+            await _shown(screen)
             out.append(time.perf_counter() - start)
     return out
 
 
 def tui_pause(name: str, memory: int, rounds: int) -> list[float]:
-    """F6 → the screen shows the stop (status bar and panels updated), per round."""
+    """F6 → the screen shows the stop (status bar and panels updated and drawn), per round."""
     return asyncio.run(_tui_pause(name, memory, rounds))
 
 
@@ -244,7 +260,8 @@ def run() -> list[dict]:
         base = headless_pause(name, memory, PAUSE_ROUNDS)
         tui = tui_pause(name, memory, PAUSE_ROUNDS)
         rows.append({
-            "what": f"pause latency in the TUI ({name}): F6 until the screen shows the stop",
+            "what": f"pause latency in the TUI ({name}): F6 until the screen shows the stop "
+                    "(the key as the terminal sends it; until the stop is drawn)",
             "xendbg": round(statistics.median(tui) * 1e3, 2),
             "baseline": round(statistics.median(base) * 1e3, 2),
             "baseline_name": "Session.pause() from another thread, no UI",

@@ -227,3 +227,21 @@ def tui():
             await pilot.pause(0.05)
 
     return Tui()
+
+
+# Shared by the trap, event-channel and regression tests: run a lab guest up to its first
+# hypercall, so that the CPU holds guest state (segments, rings) before a test pokes at it.
+def _enter_guest(m) -> None:
+    def stop_at_hypercall(event):
+        if event.kind == "hypercall":
+            m.request_stop()
+
+    m.listeners.append(stop_at_hypercall)
+    assert m.run(max_insns=100_000) == "stop"
+    m.listeners.remove(stop_at_hypercall)
+
+
+@pytest.fixture
+def enter_guest():
+    """``enter_guest(m)``: run ``m`` to its first hypercall."""
+    return _enter_guest

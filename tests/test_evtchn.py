@@ -292,18 +292,7 @@ def test_unmask_reraises_a_pending_masked_port_once(g):
     assert g.port_op(X.EVTCHNOP_unmask, g.m.evtchn.nr_ports) == -EINVAL
 
 
-def enter_guest(m) -> None:
-    """Run the lab guest up to its first hypercall, so that the CPU holds guest state."""
-    def stop_at_hypercall(event):
-        if event.kind == "hypercall":
-            m.request_stop()
-
-    m.listeners.append(stop_at_hypercall)
-    assert m.run(max_insns=100_000) == "stop"
-    m.listeners.remove(stop_at_hypercall)
-
-
-def test_upcall_delivers_each_event_once(g):
+def test_upcall_delivers_each_event_once(g, enter_guest):
     """With an event callback and the vCPU unmasked, the next hypercall exit makes the upcall."""
     m = g.m
     enter_guest(m)
@@ -377,7 +366,7 @@ def test_port_space_is_the_2l_abi(g):
     assert g.alloc_unbound() == (0, nr - 1)
 
 
-def test_upcall_on_the_way_out_of_a_syscall_hypercall(lab_machine, scratch_va):
+def test_upcall_on_the_way_out_of_a_syscall_hypercall(lab_machine, scratch_va, enter_guest):
     """The frame saves the instruction after the syscall, and the hypercall's result in RAX."""
     m = lab_machine("hello-pv64")
     g = Guest(m, scratch_va(m))

@@ -20,25 +20,15 @@ RFLAGS_IF = 1 << 9
 VGCF_IN_SYSCALL = X.VGCF_in_syscall
 
 
-def enter_guest(m) -> None:
-    def stop_at_hypercall(event):
-        if event.kind == "hypercall":
-            m.request_stop()
-
-    m.listeners.append(stop_at_hypercall)
-    assert m.run(max_insns=100_000) == "stop"
-    m.listeners.remove(stop_at_hypercall)
-
-
 @pytest.fixture
-def pv64(lab_machine, scratch_va):
+def pv64(lab_machine, scratch_va, enter_guest):
     m = lab_machine("hello-pv64")
     enter_guest(m)
     return m, scratch_va(m)
 
 
 @pytest.fixture
-def pv32(lab_machine, scratch_va):
+def pv32(lab_machine, scratch_va, enter_guest):
     m = lab_machine("hello-pv32")
     enter_guest(m)
     return m, scratch_va(m)

@@ -77,3 +77,90 @@ def test_request_stop_from_another_thread(impl, lab_machine):
     assert m.run() == "pause"
     assert m.insns - insns < 100
     assert m.run() == "shutdown"              # a request is consumed by the stop it causes
+
+
+# -- the counter on bare Unicorn: exact counts, the stop rule, a table larger than its caches --------
+
+BASE = 0x100000
+
+
+def _bare(code: bytes, impl):
+    import capstone
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(BASE, 0x800000)
+    uc.mem_write(BASE, code)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+    def icount_of(address: int, size: int) -> int:
+        return len(list(md.disasm_lite(bytes(uc.mem_read(address, size)), address)))
+
+    counter = impl(uc, icount_of)
+    counter.install()
+    return uc, counter
+
+
+def _loop(iterations: int, body_insns: int) -> bytes:
+    """mov r9, N; loop: inc rbx × body_insns; dec r9; jnz loop; hlt"""
+    import struct
+    body = b"\x48\xff\xc3" * body_insns
+    return (b"\x49\xb9" + struct.pack("<Q", iterations) + body + b"\x49\xff\xc9"
+            + b"\x0f\x85" + struct.pack("<i", -(len(body) + 9)) + b"\xf4")
+
+
+@pytest.mark.parametrize("impl", _impls())
+@pytest.mark.parametrize("budget", [1, 5, 10, 11, 12, 100, 999])
+def test_a_stop_does_not_count_the_block_it_did_not_run(impl, budget):
+    from unicorn import x86_const as U
+    n, per = 200, 8                                   # a loop block: 8 + dec + jnz = 10 insns
+    code = _loop(n, per)
+    end = BASE + len(code) - 1                        # the hlt: not executed
+    uc, counter = _bare(code, impl)
+    counter.budget = budget
+    uc.emu_start(BASE, end)
+    assert counter.stop_reason == _blockhook_py.STOP_BUDGET
+    done = n - uc.reg_read(U.UC_X86_REG_R9)
+    assert counter.insns == 1 + (per + 2) * done == uc.reg_read(U.UC_X86_REG_RBX) // per * 10 + 1
+    # the first block boundary at or after the budget, never before it, never a block later
+    assert budget <= counter.insns < budget + per + 2 + 1
+    assert uc.reg_read(U.UC_X86_REG_RIP) == BASE + 10          # at the loop's head, not inside
+    # the rest of the run counts the rest: in total, what one run counts
+    counter.budget = 0
+    counter.stop_reason = 0
+    uc.emu_start(uc.reg_read(U.UC_X86_REG_RIP), end)
+    assert counter.insns == 1 + (per + 2) * n
+
+
+@pytest.mark.parametrize("impl", _impls())
+def test_a_request_stops_before_the_first_block_without_counting_it(impl):
+    from unicorn import x86_const as U
+    code = _loop(10, 4)
+    uc, counter = _bare(code, impl)
+    counter.request_stop()
+    uc.emu_start(BASE, BASE + len(code) - 1)
+    assert counter.stop_reason == _blockhook_py.STOP_REQUEST
+    assert counter.insns == 0 and uc.reg_read(U.UC_X86_REG_RIP) == BASE
+
+
+@pytest.mark.parametrize("impl", _impls())
+def test_many_blocks_evicting_each_other(impl):
+    """40 000 distinct blocks of 1 to 4 instructions, run twice: beyond the compiled counter's
+    front cache and its table's first size, so it evicts, probes and grows; the count stays exact
+    and equal to the twin's."""
+    import struct
+    blocks, expected, code = 40_000, 0, bytearray()
+    for i in range(blocks):
+        incs = 1 + i % 4
+        code += b"\x48\xff\xc3" * incs + b"\xe9" + struct.pack("<i", 0)    # inc rbx…; jmp next
+        expected += incs + 1
+    # then: dec r9; jnz BASE; hlt — the whole chain runs twice (r9 = 2)
+    code += b"\x49\xff\xc9" + b"\x0f\x85" + struct.pack("<i", -(len(code) + 9)) + b"\xf4"
+    from unicorn import x86_const as U
+    uc, counter = _bare(bytes(code), impl)
+    uc.reg_write(U.UC_X86_REG_R9, 2)
+    uc.emu_start(BASE, BASE + len(code) - 1)
+    assert uc.reg_read(U.UC_X86_REG_RBX) == 2 * (expected - blocks)
+    assert counter.insns == 2 * (expected + 2)
+    assert counter.cached_blocks() == blocks + 1
+    assert counter.blocks == 2 * (blocks + 1)

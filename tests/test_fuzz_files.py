@@ -87,9 +87,19 @@ def test_the_cli_answers_a_truncated_image_with_one_line():
     assert err.strip().startswith("xendbg: ") and "truncated ELF" in err
 
 
-def test_known_issues_match_only_their_symptom():
-    from xendbg.fuzz.known import known_issue
+def test_known_issues_match_only_their_symptom(monkeypatch):
+    from xendbg.fuzz import known
+    from xendbg.fuzz.known import KnownIssue, known_issue
 
+    # The two entries this test used were fixed (tests/test_regressions_fuzz.py); stand-ins keep
+    # the matching itself tested whatever the list holds.
+    monkeypatch.setattr(known, "KNOWN", (
+        KnownIssue("builder-allocation", "builder.py", "stand-in",
+                   kind=r"^(exception from build_domain.*|cli traceback)$",
+                   text=r"(OSError|OverflowError|MemoryError).*(mmap|MachineMemory|memory\.py)"),
+        KnownIssue("count-tables-span", "pagetable.py", "stand-in",
+                   kind=r"^(hang|exception from build_domain.*|cli traceback)$",
+                   text=r"count_tables")))
     mmap_tb = 'File "xendbg/machine/memory.py", line 42, in __init__\n    self._mmap = mmap.mmap(...)\n'
     assert known_issue("exception from build_domain (16 MiB)", "OSError: [Errno 12] Cannot "
                        "allocate memory", mmap_tb) == "builder-allocation"

@@ -73,10 +73,7 @@ def test_physdev_as_a_domu(lab_machine, scratch_va, guest):
     m.guest.write_u32(va, 4)
     assert call(m, X.HYPERVISOR_physdev_op, 6, va) == -22
     assert call(m, X.HYPERVISOR_physdev_op, 6, 0x1000) == -14
-    m.guest.write_u32(va, 0)
-    assert call(m, X.HYPERVISOR_physdev_op, 5, va) == -22                        # no PIRQ 0
     assert call(m, X.HYPERVISOR_physdev_op, 13, va) == -1                        # map_pirq
-    assert call(m, X.HYPERVISOR_physdev_op, 23, va) == -28                       # none free
     assert call(m, X.HYPERVISOR_physdev_op, 99, va) == -38
     # pirq_eoi_gmfn_v2: a frame of its own, once
     m.guest.write_word(va, m.domain.store_mfn)
@@ -92,3 +89,30 @@ def test_physdev_eoi_map_must_be_owned(lab_machine, scratch_va):
     va = scratch_va(m)
     m.guest.write_word(va, 1)          # frame 1 is Xen's
     assert call(m, X.HYPERVISOR_physdev_op, 28, va) == -22
+
+
+@pytest.mark.parametrize("guest", ["hello-pv64", "hello-pv32"])
+def test_a_domu_allocates_pirq_numbers_but_binds_none(lab_machine, scratch_va, guest):
+    from xendbg.machine.physdev import NR_IRQS_GSI, NR_PIRQS_DOMU
+
+    m = lab_machine(guest)
+    va = scratch_va(m)
+    m.guest.write(va, struct.pack("<II", 3, 0xdead))
+    assert call(m, X.HYPERVISOR_physdev_op, 5, va) == 0                          # status query
+    assert m.guest.read_u32(va + 4) == 1, "Xen always says XENIRQSTAT_needs_eoi"
+    m.guest.write_u32(va, NR_PIRQS_DOMU)
+    assert call(m, X.HYPERVISOR_physdev_op, 5, va) == -22
+    m.guest.write_u32(va, NR_PIRQS_DOMU - 1)
+    assert call(m, X.HYPERVISOR_physdev_op, 12, va) == -22, "eoi of a PIRQ never allocated"
+    # MSI-type numbers come from the top down, GSI-type from 16 up, until none is left
+    got = []
+    for kind in [0] * (NR_PIRQS_DOMU - NR_IRQS_GSI) + [1] * (NR_IRQS_GSI - 16):
+        m.guest.write(va, struct.pack("<iI", kind, 0))
+        assert call(m, X.HYPERVISOR_physdev_op, 23, va) == 0
+        got.append(m.guest.read_u32(va + 4))
+    assert got == list(range(NR_PIRQS_DOMU - 1, NR_IRQS_GSI - 1, -1)) + list(range(16, NR_IRQS_GSI))
+    m.guest.write(va, struct.pack("<iI", 0, 0))
+    assert call(m, X.HYPERVISOR_physdev_op, 23, va) == -28                       # none left
+    m.guest.write_u32(va, NR_PIRQS_DOMU - 1)
+    assert call(m, X.HYPERVISOR_physdev_op, 12, va) == 0, "eoi of an allocated PIRQ"
+    assert call(m, X.HYPERVISOR_physdev_op, 23, 0x1000) == -14

@@ -15,12 +15,13 @@ from xendbg.machine.snapshot import MachineSnapshot, snapshot
 from xendbg.messages import (
     CommandFinished,
     ConsoleOutput,
+    GuestSpeed,
     HypercallsTraced,
     MachineLoaded,
     RunStateChanged,
     SnapshotReady,
 )
-from xendbg.views.driver import Driver, Loaded
+from xendbg.views.driver import Batch, Driver, Loaded
 
 VIEWS = Path(__file__).resolve().parents[1] / "xendbg" / "views"
 
@@ -35,7 +36,11 @@ class Harness:
         self.thread.start()
 
     def of(self, kind) -> list:
-        return [m for m in list(self.messages) if isinstance(m, kind)]
+        """The messages of type ``kind`` posted so far, those inside a :class:`Batch` too."""
+        flat = []
+        for m in list(self.messages):
+            flat.extend(m.messages if isinstance(m, Batch) else (m,))
+        return [m for m in flat if isinstance(m, kind)]
 
     def wait(self, predicate, timeout: float = 60.0) -> None:
         end = time.monotonic() + timeout
@@ -169,6 +174,24 @@ def test_driver_live_snapshots_while_running_and_pause(harness):
     h.wait(lambda: any(not m.running for m in h.of(RunStateChanged)))
     stop = [m for m in h.of(RunStateChanged) if not m.running][0]
     assert stop.reason == "pause"
+
+
+def test_driver_posts_a_live_refresh_and_a_stop_as_one_batch_each(harness):
+    """Console text, hypercalls, speed and the view arrive together: the screen draws once."""
+    h = harness("demo")
+    h.driver.submit("continue")
+    h.wait(lambda: any(m.view.live for m in h.of(SnapshotReady)), timeout=60)
+    h.driver.pause()
+    h.wait(lambda: len(h.stops()) >= 2)
+    batches = [m for m in list(h.messages) if isinstance(m, Batch)]
+    live = [b for b in batches if any(isinstance(m, SnapshotReady) and m.view.live
+                                      for m in b.messages)]
+    assert live and all(isinstance(b.messages[-1], SnapshotReady) for b in live)
+    assert any(isinstance(m, GuestSpeed) for m in live[0].messages)
+    stop = [b for b in batches if any(isinstance(m, SnapshotReady) and m.view.kind == "stop"
+                                      for m in b.messages)][-1]
+    kinds = [type(m) for m in stop.messages]
+    assert RunStateChanged in kinds and CommandFinished in kinds
 
 
 def test_driver_commands_and_console_input_while_running(harness):

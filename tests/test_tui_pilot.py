@@ -301,3 +301,50 @@ class TestCommandLine:
             await pilot.pause(0.3)
             await pilot.press("enter")
             await tui.wait(pilot, lambda: app.screen.query_one("#xen").active == "tab-timers")
+
+
+@sync
+class TestDrawingCost:
+    """What keeps the UI thread (and through the GIL, the guest) cheap: no layout of the screen
+    while running or at a stop, and no repaint of a log that is not on screen."""
+
+    async def test_live_refreshes_and_stops_never_lay_the_screen_out(self, tui):
+        app = tui.app("demo")
+        async with app.run_test(size=(160, 48)) as pilot:
+            await tui.loaded(pilot)
+            screen = app.screen
+            screen.driver.run_for(150_000)           # fills the console: its scrollbar appears
+            await tui.stopped(pilot, 2)              # (a layout, once)
+            await pilot.pause(0.3)
+            layouts = []
+            refresh_layout = screen._refresh_layout
+            screen._refresh_layout = lambda *a, **kw: (layouts.append(a), refresh_layout(*a, **kw))
+            await pilot.press("f5")
+            seen = set()
+            await tui.wait(pilot, lambda: (seen.add(id(screen.view)) if screen.view.live
+                                           else None) or len(seen) >= 3)
+            await pilot.press("f6")
+            await tui.stopped(pilot, 3)
+            stops = 3
+            for key in ("f7", "f7", "f8", "f9", "f7"):   # backtraces and ip symbols come and go
+                await pilot.press(key)
+                stops += 1
+                await tui.stopped(pilot, stops)
+            await pilot.pause(0.1)
+            assert not layouts
+
+    async def test_the_hidden_hypercall_log_keeps_records_and_draws_them_when_shown(self, tui):
+        app = tui.app("demo")
+        async with app.run_test(size=(160, 48)) as pilot:
+            await tui.loaded(pilot)
+            screen = app.screen
+            table = screen.query_one(HypercallTable)
+            await type_command(pilot, "break idle")
+            await type_command(pilot, "continue")
+            await tui.stopped(pilot, 2)
+            assert table.row_count() > 10 and table._stale_at_end is not None   # kept, not drawn
+            screen.show_tab("tab-hypercalls")
+            await tui.wait(pilot, lambda: table._stale_at_end is None)
+            await pilot.pause(0.1)
+            last = table.shown[-1]
+            assert f" {last.name}" in text_of(table)          # followed to the end, drawn

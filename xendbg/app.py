@@ -79,6 +79,15 @@ def run_app(args) -> int:
     opts = RunOptions(kernel=args.kernel or DEMO_GUEST, cmdline=args.cmdline,
                       ramdisk=args.ramdisk, memory=args.memory, p2m=args.p2m,
                       symbols=getattr(args, "symbols", None))
+    if opts.symbols is not None:
+        # As `xendbg run --symbols`: a file that cannot be read or parsed is bad usage, said on
+        # stderr before the screen opens (the loader parses it again with the image's symbols).
+        from xendbg.debugger.symbols import SymbolError, load_system_map
+        try:
+            load_system_map(opts.symbols)
+        except SymbolError as exc:
+            print(f"xendbg: --symbols: {exc}", file=sys.stderr)
+            return 2
     if not sys.stdout.isatty():
         print("xendbg: the debugger needs a terminal; use `xendbg run` for headless runs",
               file=sys.stderr)

@@ -31,6 +31,26 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                         "are refused with a clear message)")
 
 
+def _tsc_khz(text: str) -> int:
+    from xendbg.machine.clock import ClockConfig
+    try:
+        khz = int(text)
+        ClockConfig.from_options(tsc_khz=khz)
+    except ValueError as exc:
+        reason = "not a whole number of kHz" if "invalid literal" in str(exc) else str(exc)
+        raise argparse.ArgumentTypeError(f"{text!r}: {reason}") from None
+    return khz
+
+
+def _start_date(text: str) -> str:
+    from xendbg.machine.clock import parse_start_date
+    try:
+        parse_start_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xendbg",
@@ -68,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "succeeded, 4 if one failed (see `help` in a script)")
     run.add_argument("--symbols", metavar="FILE",
                      help="a System.map for the debugger (added to the image's own symbols)")
+    from xendbg.machine.clock import DEFAULT_START, ClockConfig
+    run.add_argument("--tsc-khz", type=_tsc_khz, metavar="KHZ",
+                     help=f"the virtual TSC frequency in kHz (default {ClockConfig.tsc_khz}). "
+                          "Time is virtual: the TSC advances with executed instructions, about "
+                          "one per virtual nanosecond at any frequency (round(GHz) ticks each, at "
+                          "least 1), never with the host's clock")
+    run.add_argument("--start-date", type=_start_date, metavar="DATE",
+                     help="the wallclock at boot, an ISO 8601 date or date/time, UTC unless it "
+                          "names a zone (2030-06-01, 2030-06-01T12:00:00Z; default "
+                          f"{DEFAULT_START:%Y-%m-%dT%H:%M:%SZ}, fixed so that runs repeat)")
 
     guests = sub.add_parser("guests", help="list known guests, fetch Debian ones")
     gsub = guests.add_subparsers(dest="guests_command", metavar="ACTION", required=True)
@@ -92,6 +122,8 @@ def build_tui_parser() -> argparse.ArgumentParser:
                     "Other commands: `xendbg run`, `xendbg guests` (see `xendbg run --help`).")
     parser.add_argument("kernel", metavar="KERNEL", nargs="?", default=None)
     _add_machine_options(parser)
+    parser.add_argument("--symbols", metavar="FILE",
+                        help="a System.map for the debugger (added to the image's own symbols)")
     parser.add_argument("--version", action="version", version=f"xendbg {__version__}")
     return parser
 
@@ -106,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                                   memory=args.memory, until=args.until, timeout=args.timeout,
                                   input=args.input, stats=args.stats, trace=args.trace,
                                   p2m=args.p2m, script=args.script, symbols=args.symbols,
-                                  vcpus=args.vcpus))
+                                  vcpus=args.vcpus, tsc_khz=args.tsc_khz,
+                                  start_date=args.start_date))
         if args.command == "guests":
             return _guests(args)
         if args.command == "lab":

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xendbg.machine.abi.xen import SHUTDOWN_poweroff
-from xendbg.machine.builder import BuildConfig, BuildError
+from xendbg.machine.builder import BuildConfig, BuildError, memory_limit_mib
+from xendbg.machine.clock import ClockConfig
 from xendbg.machine.loader import ImageError, KernelImage, load_kernel
 from xendbg.machine.machine import Event, Machine
 
@@ -70,17 +71,36 @@ class RunOptions:
     vcpus: int = 1
     script: str | None = None         # debugger commands to run (xendbg.debugger.script)
     symbols: str | None = None        # a System.map for the debugger
+    tsc_khz: int | None = None        # virtual TSC frequency (None: ClockConfig's, 2 GHz)
+    start_date: str | None = None     # ISO 8601 wallclock start, UTC (None: ClockConfig's fixed date)
 
 
 def default_memory(image: KernelImage) -> int:
-    """Enough for the kernel's start-of-day layout, at least 128 MiB (Linux wants more)."""
+    """Enough for the kernel's start-of-day layout, at least 128 MiB (Linux wants more).
+
+    Never more than the builder accepts: a kernel that spans more than that gets the limit, and
+    the builder says in one line that the kernel does not fit.
+    """
     span = (image.virt_kend - image.virt_base) >> 20
-    return max(128, 1 << (span + 64).bit_length())
+    return min(memory_limit_mib(image.abi), max(128, 1 << (span + 64).bit_length()))
+
+
+def clock_config(opts: RunOptions) -> ClockConfig:
+    """``--tsc-khz`` and ``--start-date`` as a ClockConfig; UsageError naming the bad flag."""
+    try:
+        ClockConfig.from_options(tsc_khz=opts.tsc_khz)
+    except ValueError as exc:
+        raise UsageError(f"--tsc-khz {opts.tsc_khz}: {exc}") from None
+    try:
+        return ClockConfig.from_options(tsc_khz=opts.tsc_khz, start_date=opts.start_date)
+    except ValueError as exc:
+        raise UsageError(f"--start-date: {exc}") from None
 
 
 def load(opts: RunOptions, progress=None) -> tuple[Machine, KernelImage, Path]:
     """Resolve, load and build; raise UsageError with a one-line reason on any bad input."""
     from xendbg.guests import GuestError, resolve_kernel
+    clock = clock_config(opts)              # a bad flag is reported before anything is fetched
     try:
         path = resolve_kernel(opts.kernel, progress=progress)
     except GuestError as exc:
@@ -103,7 +123,8 @@ def load(opts: RunOptions, progress=None) -> tuple[Machine, KernelImage, Path]:
         raise UsageError(f"--vcpus {opts.vcpus}: xendbg runs one vCPU so far (SMP guests are "
                          "not implemented yet)" if opts.vcpus > 1 else
                          f"--vcpus {opts.vcpus}: a domain needs at least one vCPU")
-    config = BuildConfig(memory_mib=memory, cmdline=opts.cmdline, ramdisk=ramdisk, p2m=opts.p2m)
+    config = BuildConfig(memory_mib=memory, cmdline=opts.cmdline, ramdisk=ramdisk, p2m=opts.p2m,
+                         clock=clock)
     try:
         machine = Machine(image, config)
     except BuildError as exc:
@@ -320,8 +341,11 @@ def _exit_status(machine: Machine, reason: str, until, timed_out: bool) -> int:
 def print_stats(machine: Machine, wall: float, out) -> None:
     insns = machine.insns
     mips = insns / wall / 1e6 if wall > 0 else 0.0
+    clock = machine.clock
     print(f"xendbg: instructions {insns}", file=out)
-    print(f"xendbg: virtual time {insns / 1e9:.6f} s (virtual TSC {machine.read_tsc()})", file=out)
+    # System time from the clock: it includes the time the vCPU spent blocked (fast-forwarded).
+    print(f"xendbg: virtual time {clock.now_ns() / 1e9:.9f} s (virtual TSC {clock.tsc()} at "
+          f"{clock.config.tsc_khz} kHz)", file=out)
     print(f"xendbg: wall time {wall:.3f} s ({mips:.1f} MIPS)", file=out)
     stats = machine.stats
     if stats.calls:

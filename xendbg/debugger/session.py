@@ -24,6 +24,7 @@ the guest is stopped before, are stepped over once.
 from __future__ import annotations
 
 import re
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -31,14 +32,20 @@ import capstone
 
 from xendbg.debugger import xenstate
 from xendbg.debugger.breakpoints import Breakpoint, BreakpointTable
-from xendbg.debugger.decode import decode_call, describe_call
+from xendbg.debugger.decode import MAX_SHOWN, MMU_NAMES, MMUEXT_NAMES, PIN_LEVEL, describe_call
 from xendbg.debugger.memview import Address, DebugError, read, registers
 from xendbg.debugger.symbols import SymbolTable
 from xendbg.machine import hypercalls
+from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.errno import errno_name
+from xendbg.machine.memory import PAGE_SHIFT
 from xendbg.machine.traps import vector_name
 
 PAGE_EVENTS = ("page_type", "mmu_reject")
+# The mmuext_op commands whose first argument is a frame (decode.decode_mmuext_op names the same).
+_MFN_OPS = frozenset((*PIN_LEVEL, X.MMUEXT_UNPIN_TABLE, X.MMUEXT_NEW_BASEPTR,
+                      X.MMUEXT_NEW_USER_BASEPTR, X.MMUEXT_CLEAR_PAGE, X.MMUEXT_MARK_SUPER,
+                      X.MMUEXT_UNMARK_SUPER, X.MMUEXT_COPY_PAGE))
 
 
 @dataclass
@@ -83,7 +90,10 @@ class Session:
         # mfn → [(instruction count, "call" | "event", text)]: hypercalls naming the frame, and
         # the MMU events about it (the MMU may keep its own, fuller, history too).
         self.frame_history: dict[int, list[tuple[int, str, str]]] = defaultdict(list)
-        self.console_text = ""
+        # The console as chunks, joined only when read: `self.console_text += data` copied the
+        # whole text (up to 1 MiB) on every console write of a chatty guest.
+        self._console_parts: list[str] = []
+        self._console_len = 0
         self._console_scan: dict[int, int] = {}
         self._hits: list[_Hit] = []
         self._code_bps: dict[int, list[Breakpoint]] = defaultdict(list)
@@ -100,6 +110,14 @@ class Session:
                                capstone.CS_MODE_64 if machine.is64 else capstone.CS_MODE_32)
         self._md.detail = True
         machine.listeners.append(self._on_event)
+
+    @property
+    def console_text(self) -> str:
+        """What the guest printed (the last 512 KiB to 1 MiB of it)."""
+        parts = self._console_parts
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
 
     # -- commands -------------------------------------------------------------------------------
     def execute(self, line: str) -> CommandResult:
@@ -223,6 +241,8 @@ class Session:
             return True
 
     def _on_event(self, e) -> None:
+        # Called for every hypercall (twice), console write, upcall and trap while the guest runs:
+        # the common case — no breakpoint of the kind, no finish-hypercall — returns early.
         kind = e.kind
         if self._finish is not None:
             self._finish["events"].append(e)
@@ -232,6 +252,8 @@ class Session:
             self._hypercall_exit(e)
         elif kind == "console":
             self._console(e.data["data"])
+        elif not self.breakpoints.items and kind != "page_type" and kind != "mmu_reject":
+            return
         elif kind == "upcall":
             self._upcall(e)
         elif kind == "trap":
@@ -264,6 +286,8 @@ class Session:
             self._skip_entry = None
             if skip:
                 return
+        if not self.breakpoints.items and not self._step_hypercall:
+            return
         hits = []
         names = None
         for bp in self.breakpoints.of_kind("hypercall"):
@@ -297,6 +321,8 @@ class Session:
             elif d["ip"] == fin["ip"] and not fin.get("done"):
                 fin.update(done=True, result=d["result"], error=d["error"])
                 self.m.request_stop("hypercall-exit")
+        if not self.breakpoints.items:
+            return
         names = None
         for bp in self.breakpoints.of_kind("hypercall"):
             if not bp.at_exit or (bp.hypercall is not None and bp.hypercall != d["name"]):
@@ -313,26 +339,36 @@ class Session:
                 self.m.request_stop("breakpoint")
 
     def _record_history(self, e) -> None:
-        """Per-frame history from the calls that name frames (mmuext_op, mmu_update)."""
+        """Per-frame history from the calls that name frames (mmuext_op, mmu_update).
+
+        Runs after every such call, so it reads only what it keeps — the command and the frame of
+        each request, in one guest read — instead of decoding the batch into text (the same
+        commands and frames as :func:`~.decode.decode_call` finds).
+        """
         d = e.data
-        if d["name"] not in ("mmuext_op", "mmu_update"):
+        name = d["name"]
+        if name != "mmu_update" and name != "mmuext_op":
             return
-        decoded = decode_call(self.m, d["name"], dict(zip(d["arg_names"], d["args"], strict=False)))
-        if decoded is None:
+        pairs = _frames_named(self.m, name, d["args"])
+        if not pairs:
             return
         result = "no result" if d["result"] is None else _result_text(d["result"])
-        for op in decoded.data.get("ops", decoded.data.get("requests", [])):
-            mfn = op.get("mfn")
-            if mfn is not None:
-                self.frame_history[mfn].append((e.insns, "call", f"{d['name']} {op['cmd']} "
-                                                                 f"→ {result}"))
+        history = self.frame_history
+        for cmd, mfn in pairs:
+            history[mfn].append((e.insns, "call", f"{name} {cmd} → {result}"))
 
     def _console(self, data: bytes) -> None:
-        self.console_text += data.decode("utf-8", "replace")
-        if len(self.console_text) > 1 << 20:
-            cut = len(self.console_text) - (1 << 19)
-            self.console_text = self.console_text[cut:]
+        text = data.decode("utf-8", "replace")
+        self._console_parts.append(text)
+        self._console_len += len(text)
+        if self._console_len > 1 << 20:
+            whole = self.console_text
+            cut = len(whole) - (1 << 19)
+            self._console_parts[:] = [whole[cut:]]
+            self._console_len = len(whole) - cut
             self._console_scan = {k: max(0, v - cut) for k, v in self._console_scan.items()}
+        if not self.breakpoints.items:
+            return
         for bp in self.breakpoints.of_kind("console"):
             match = bp.regex.search(self.console_text, self._console_scan.get(bp.number, 0))
             if match is None:
@@ -529,6 +565,38 @@ class Session:
         if len(self.stops) > 1000:
             del self.stops[:500]
         return stop
+
+
+def _frames_named(m, name: str, args: list[int]) -> list[tuple[str, int]]:
+    """(command name, mfn) of each request of an mmu_update / mmuext_op batch that names a frame,
+    for the first MAX_SHOWN requests as the decoder shows them; the requests after an unreadable
+    one are not read."""
+    count = min(args[1] & ~(1 << 31), MAX_SHOWN)     # bit 31: the continuation flag
+    if count <= 0:
+        return []
+    if name == "mmu_update":
+        size, fmt = 16, "<QQ"
+    else:
+        size, fmt = m.abi.mmuext_op_size, ("<I4xQQ" if m.abi.word == 8 else "<III")
+    raw = m.guest.read(args[0], size * count)
+    if raw is None:                      # the batch crosses into an unmapped page: entry by entry
+        chunks = []
+        for i in range(count):
+            one = m.guest.read(args[0] + size * i, size)
+            if one is None:
+                break
+            chunks.append(one)
+        raw = b"".join(chunks)
+    out = []
+    for i in range(len(raw) // size):
+        if name == "mmu_update":
+            ptr, _val = struct.unpack_from(fmt, raw, i * size)
+            out.append((MMU_NAMES.get(ptr & 3, str(ptr & 3)), (ptr & ~3) >> PAGE_SHIFT))
+        else:
+            cmd, arg1, _arg2 = struct.unpack_from(fmt, raw, i * size)
+            if cmd in _MFN_OPS:
+                out.append((MMUEXT_NAMES.get(cmd, f"cmd {cmd}"), arg1))
+    return out
 
 
 def _value(v) -> str:

@@ -1,10 +1,26 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled twin of ``_blockhook_py`` (see there for the documentation)."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled twin of ``_blockhook_py`` (see there for the documentation and the rules).
+
+The hook runs once per executed basic block, so its cost is the whole price of counting: at 32
+instructions a block, bare Unicorn spends about 6 ns per block, and every nanosecond here is ~15 %
+of the guest's speed. The hit path therefore touches two cache lines (the state and one cache
+entry), takes no lock, calls nothing, and never needs the GIL:
+
+* **the stop test first**: one compare against ``limit`` (the budget, or UINT64_MAX for none) and
+  one flag; a stop does not count the block, which Unicorn does not execute after ``uc_emu_stop``;
+* **a direct-mapped front cache** of ``FRONT`` entries, indexed by a fold of the block address
+  (code addresses are well spread in their low bits; the fold separates blocks at the same offset
+  of neighbouring pages). An entry is ``(address, size, count)`` in 16 bytes, so a hit is one line;
+* behind it, **the complete table**: open addressing with linear probing over the same entries
+  (a multiplicative hash, grown at half full), consulted on a front miss and refilling the front;
+* only a block never seen before reaches Python (``icount_of`` decodes it with capstone).
+"""
 
 import ctypes
 
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 from unicorn import UC_HOOK_BLOCK
 from unicorn.unicorn_py3.unicorn import uclib
@@ -18,93 +34,130 @@ STOP_NONE = C_STOP_NONE
 STOP_BUDGET = C_STOP_BUDGET
 STOP_REQUEST = C_STOP_REQUEST
 
+cdef enum:
+    FRONT_BITS = 12
+    FRONT = 1 << FRONT_BITS          # 4096 entries, 64 KiB: a kernel's hot blocks fit
+    TABLE_BITS = 14                  # initial size of the complete table (grows)
+
+cdef uint64_t NO_LIMIT = 0xFFFFFFFFFFFFFFFFULL
+
 ctypedef int (*emu_stop_fn)(void *uc) noexcept nogil
 
+cdef struct Entry:
+    uint64_t address
+    uint32_t size
+    uint32_t count                   # 0: empty (a block always counts at least 1)
+
+cdef struct State
+ctypedef void (*miss_fn)(State *s, Entry *slot, uint64_t address, uint32_t size) noexcept nogil
+
 cdef struct State:
+    # written on every block: together at the start of the struct (one cache line)
     uint64_t insns
     uint64_t blocks
-    uint64_t budget
-    int stop_request
+    uint64_t limit                   # stop at the first block that starts with insns >= limit
+    int stop_request                 # set by any thread: stop at the next block
     int stop_reason
-    uint64_t *keys          # block address + 1 (0 = empty slot)
-    uint32_t *sizes
-    uint32_t *counts
+    Entry *front
+    miss_fn miss                     # _miss, called through a pointer so that the compiler cannot
+                                     # inline it: inlined, its frame set-up (six saved registers,
+                                     # a 200-byte frame) ran on every block, hit or not
+    # the miss path
+    Entry *table
     uint64_t mask
     uint64_t used
     emu_stop_fn emu_stop
     void *owner
 
 
-cdef uint64_t _slot(uint64_t address) noexcept nogil:
+cdef inline uint64_t _front_index(uint64_t address) noexcept nogil:
+    return (address ^ (address >> FRONT_BITS)) & (FRONT - 1)
+
+
+cdef inline uint64_t _table_index(uint64_t address, uint64_t mask) noexcept nogil:
     address ^= address >> 29
     address *= 0xBF58476D1CE4E5B9ULL
-    address ^= address >> 32
-    return address
+    return (address ^ (address >> 32)) & mask
 
 
 cdef int _grow(State *s) noexcept nogil:
-    cdef uint64_t old_mask = s.mask
-    cdef uint64_t *old_keys = s.keys
-    cdef uint32_t *old_sizes = s.sizes
-    cdef uint32_t *old_counts = s.counts
-    cdef uint64_t n = (old_mask + 1) * 2
+    cdef uint64_t n = (s.mask + 1) * 2
+    cdef Entry *old = s.table
+    cdef Entry *new = <Entry *>calloc(n, sizeof(Entry))
     cdef uint64_t i, j
-    s.keys = <uint64_t *>calloc(n, sizeof(uint64_t))
-    s.sizes = <uint32_t *>calloc(n, sizeof(uint32_t))
-    s.counts = <uint32_t *>calloc(n, sizeof(uint32_t))
-    if s.keys == NULL or s.sizes == NULL or s.counts == NULL:
-        free(s.keys); free(s.sizes); free(s.counts)
-        s.keys = old_keys; s.sizes = old_sizes; s.counts = old_counts
-        return -1
+    if new == NULL:
+        return -1                    # stays at its size: slower probing, still correct
+    for i in range(s.mask + 1):
+        if old[i].count:
+            j = _table_index(old[i].address, n - 1)
+            while new[j].count:
+                j = (j + 1) & (n - 1)
+            new[j] = old[i]
+    s.table = new
     s.mask = n - 1
-    for i in range(old_mask + 1):
-        if old_keys[i]:
-            j = _slot(old_keys[i] - 1) & s.mask
-            while s.keys[j]:
-                j = (j + 1) & s.mask
-            s.keys[j] = old_keys[i]
-            s.sizes[j] = old_sizes[i]
-            s.counts[j] = old_counts[i]
-    free(old_keys); free(old_sizes); free(old_counts)
+    free(old)
     return 0
 
 
-cdef uint32_t _miss(State *s, uint64_t address, uint32_t size) noexcept with gil:
+cdef uint32_t _icount(State *s, uint64_t address, uint32_t size) noexcept with gil:
     cdef object owner = <object>s.owner
+    cdef uint64_t count
     try:
-        return <uint32_t>owner._icount_of(address, size)
+        count = owner._icount_of(address, size)
     except BaseException as exc:  # an exception must not unwind through unicorn's C frames
         owner._hook_error = exc
         return 1
+    return <uint32_t>count if 1 <= count <= 0xFFFFFFFF else 1
+
+
+cdef void _miss(State *s, Entry *slot, uint64_t address, uint32_t size) noexcept nogil:
+    """The front cache missed: find the block in the table (decode it if new), refill ``slot``,
+    count the block."""
+    cdef uint64_t j = _table_index(address, s.mask)
+    cdef uint64_t probes
+    cdef Entry *e
+    for probes in range(s.mask + 1):
+        e = &s.table[j]
+        if e.count == 0:
+            e.count = _icount(s, address, size)
+            e.address = address
+            e.size = size
+            s.used += 1
+            slot[0] = e[0]
+            if s.used * 2 > s.mask:
+                _grow(s)
+            break
+        if e.address == address and e.size == size:
+            slot[0] = e[0]
+            break
+        j = (j + 1) & s.mask
+    else:
+        # A full table (it could not grow: out of memory): the front cache alone remembers it.
+        slot.count = _icount(s, address, size)
+        slot.address = address
+        slot.size = size
+    s.insns += slot.count
+    s.blocks += 1
 
 
 cdef void _block_hook(void *uc, uint64_t address, uint32_t size, void *user_data) noexcept nogil:
     cdef State *s = <State *>user_data
-    cdef uint64_t j = _slot(address) & s.mask
-    cdef uint32_t count
-    while True:
-        if s.keys[j] == address + 1 and s.sizes[j] == size:
-            count = s.counts[j]
-            break
-        if s.keys[j] == 0:
-            count = _miss(s, address, size)
-            s.keys[j] = address + 1
-            s.sizes[j] = size
-            s.counts[j] = count
-            s.used += 1
-            if s.used * 2 > s.mask:
-                _grow(s)
-            break
-        j = (j + 1) & s.mask
-    s.insns += count
-    s.blocks += 1
-    if s.stop_request:
-        s.stop_request = 0
-        s.stop_reason = C_STOP_REQUEST
+    cdef Entry *e
+    if s.insns >= s.limit or s.stop_request:
+        # Unicorn will not execute this block: it is not counted (see the twin).
+        if s.stop_request:
+            s.stop_request = 0
+            s.stop_reason = C_STOP_REQUEST
+        else:
+            s.stop_reason = C_STOP_BUDGET
         s.emu_stop(uc)
-    elif s.budget and s.insns >= s.budget:
-        s.stop_reason = C_STOP_BUDGET
-        s.emu_stop(uc)
+        return
+    e = &s.front[_front_index(address)]
+    if e.address == address and e.size == size and e.count != 0:
+        s.insns += e.count
+        s.blocks += 1
+    else:
+        s.miss(s, e, address, size)     # counts the block (a tail call: no frame on the hit path)
 
 
 cdef class BlockCounter:
@@ -118,11 +171,12 @@ cdef class BlockCounter:
         self.s = <State *>calloc(1, sizeof(State))
         if self.s == NULL:
             raise MemoryError()
-        self.s.mask = (1 << 16) - 1
-        self.s.keys = <uint64_t *>calloc(self.s.mask + 1, sizeof(uint64_t))
-        self.s.sizes = <uint32_t *>calloc(self.s.mask + 1, sizeof(uint32_t))
-        self.s.counts = <uint32_t *>calloc(self.s.mask + 1, sizeof(uint32_t))
-        if self.s.keys == NULL or self.s.sizes == NULL or self.s.counts == NULL:
+        self.s.limit = NO_LIMIT
+        self.s.miss = _miss
+        self.s.mask = (1 << TABLE_BITS) - 1
+        self.s.front = <Entry *>calloc(FRONT, sizeof(Entry))
+        self.s.table = <Entry *>calloc(self.s.mask + 1, sizeof(Entry))
+        if self.s.front == NULL or self.s.table == NULL:
             raise MemoryError()
 
     def __init__(self, uc, icount_of):
@@ -135,7 +189,8 @@ cdef class BlockCounter:
 
     def __dealloc__(self):
         if self.s != NULL:
-            free(self.s.keys); free(self.s.sizes); free(self.s.counts)
+            free(self.s.front)
+            free(self.s.table)
             free(self.s)
 
     def install(self):
@@ -163,9 +218,8 @@ cdef class BlockCounter:
         self.s.stop_reason = C_STOP_NONE
 
     def flush_cache(self):
-        cdef uint64_t i
-        for i in range(self.s.mask + 1):
-            self.s.keys[i] = 0
+        memset(self.s.front, 0, FRONT * sizeof(Entry))
+        memset(self.s.table, 0, (self.s.mask + 1) * sizeof(Entry))
         self.s.used = 0
 
     def cached_blocks(self):
@@ -189,11 +243,11 @@ cdef class BlockCounter:
 
     @property
     def budget(self):
-        return self.s.budget
+        return 0 if self.s.limit == NO_LIMIT else self.s.limit
 
     @budget.setter
     def budget(self, value):
-        self.s.budget = value
+        self.s.limit = value if value else NO_LIMIT
 
     @property
     def stop_reason(self):

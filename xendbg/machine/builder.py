@@ -21,6 +21,7 @@ import numpy as np
 
 from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.layout import ABIS, LEGACY_MAX_VCPUS, VCPU_INFO_SIZE, Abi
+from xendbg.machine.clock import ClockConfig
 from xendbg.machine.domain import INVALID_MFN, Domain, Vcpu
 from xendbg.machine.memory import PAGE_SHIFT, PAGE_SIZE, FrameAllocator, MachineMemory
 from xendbg.machine.pagetable import (
@@ -46,6 +47,16 @@ CONSOLE_EVTCHN = 2
 INVALID_M2P_64 = (1 << 64) - 1
 INVALID_M2P_32 = (1 << 32) - 1
 
+# All of a domain's memory is one host buffer, and the builder keeps per-frame tables in Python: 16
+# GiB is far above what the guests need (Linux boots in 128 MiB) and still builds in seconds.
+MAX_MEMORY_MIB = 16384
+MAX_MEMORY_MIB_32 = 3072   # a 32-bit PV guest's pseudo-physical space ends below Xen's hole
+
+
+def memory_limit_mib(abi_name: str) -> int:
+    """The most memory xendbg gives a domain of this ABI (``pv64``, ``pv32pae``)."""
+    return MAX_MEMORY_MIB_32 if ABIS[abi_name].bits == 32 else MAX_MEMORY_MIB
+
 
 class BuildError(Exception):
     """The domain cannot be built (for instance: the kernel does not fit in the memory given)."""
@@ -58,6 +69,8 @@ class BuildConfig:
     ramdisk: bytes | None = None
     p2m: str = "shuffled"            # "shuffled" (default, non-identity) or "linear"
     name: str = "guest"              # the domain's name (xenstore ``name``)
+    # Virtual time: the TSC frequency and the wallclock's start date (fixed, so that runs repeat).
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
 
 @dataclass
@@ -135,10 +148,19 @@ class DomainBuilder:
         if cfg.memory_mib < 4:
             raise BuildError(f"--memory {cfg.memory_mib} MiB is too small (at least 4 MiB)")
         nr_pages = cfg.memory_mib << (20 - PAGE_SHIFT)
-        if abi.bits == 32 and cfg.memory_mib > 3072:
-            raise BuildError("a 32-bit PV guest can have at most 3072 MiB")
+        if abi.bits == 32 and cfg.memory_mib > MAX_MEMORY_MIB_32:
+            raise BuildError(f"a 32-bit PV guest can have at most {MAX_MEMORY_MIB_32} MiB")
+        if cfg.memory_mib > MAX_MEMORY_MIB:
+            raise BuildError(f"--memory {cfg.memory_mib} MiB is more than xendbg's limit of "
+                             f"{MAX_MEMORY_MIB} MiB")
+        # Refuse a kernel that cannot fit before allocating anything for it.
+        self._check_fits(_round_up(image.virt_kend, PAGE_SIZE) - image.virt_base, nr_pages)
         total, xen_frames = self._machine_frames(nr_pages)
-        memory = MachineMemory(total)
+        try:
+            memory = MachineMemory(total)
+        except (OSError, OverflowError, MemoryError, ValueError) as exc:
+            raise BuildError(f"cannot allocate {total << PAGE_SHIFT >> 20} MiB of machine memory "
+                             f"for a {cfg.memory_mib} MiB domain: {exc}") from None
 
         # Xen's frames: [1, xen_frames). Frame 0 is never handed out.
         xen_alloc = FrameAllocator(memory, list(range(1, xen_frames)))
@@ -197,6 +219,20 @@ class DomainBuilder:
         self._shared_info(memory, domain)
         return memory, domain, layout
 
+    def _check_fits(self, span: int, nr_pages: int) -> None:
+        """BuildError unless ``span`` bytes from VIRT_BASE fit in ``nr_pages`` guest frames."""
+        if span <= nr_pages << PAGE_SHIFT:
+            return
+        need_mib = (span + (1 << 20) - 1) >> 20
+        bits = self.abi.bits
+        limit = memory_limit_mib(self.abi.name)
+        if need_mib > limit:
+            raise BuildError(f"the kernel's start-of-day layout needs {need_mib} MiB from VIRT_BASE "
+                             f"{self.image.virt_base:#x}, more than xendbg's limit of {limit} MiB "
+                             f"for a {bits}-bit guest")
+        raise BuildError(f"the kernel's start-of-day layout needs {need_mib} MiB but the domain "
+                         f"has {self.config.memory_mib} MiB (use --memory)")
+
     # -- the start-of-day virtual layout ------------------------------------------------------------
     def _layout(self, memory: MachineMemory, domain: Domain, xen_area: XenArea,
                 m2p: np.ndarray) -> BootLayout:
@@ -236,6 +272,10 @@ class DomainBuilder:
         levels = abi.page_levels
         p2m_pages = (p2m_bytes + PAGE_SIZE - 1) // PAGE_SIZE
         pt_start = cursor
+        # Everything up to here, one table, the stack and the padding must fit in the domain: check
+        # before sizing the tables for a span that may be a mutated header's terabytes.
+        self._check_fits(pt_start + 2 * PAGE_SIZE + (512 << 10) - virt_base
+                         + (p2m_pages << PAGE_SHIFT if p2m_base is not None else 0), nr_pages)
         nr_pt = 1
         for _ in range(8):
             stack_va = pt_start + (nr_pt << PAGE_SHIFT)

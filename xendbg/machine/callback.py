@@ -91,9 +91,14 @@ def do_callback_op(m, cmd: int, arg: int) -> int:
 
 
 def do_stack_switch(m, ss: int, sp: int) -> int:
-    if m.abi.bits == 32 and ss & 3 == 0:
-        return -EPERM          # a ring-0 stack selector is refused (fixup_guest_stack_selector)
-    m.vcpu.kernel_ss = ss & 0xFFFF
+    # Xen accepts any selector and only raises its RPL to the guest kernel's ring
+    # (fixup_guest_stack_selector); a selector that will not load is found when a trap from
+    # user mode needs it, and that crashes the domain (traps.py).
+    kernel_rpl = 1 if m.abi.bits == 32 else 3
+    ss &= 0xFFFF
+    if ss & 3 < kernel_rpl:
+        ss = (ss & ~3) | kernel_rpl
+    m.vcpu.kernel_ss = ss
     m.vcpu.kernel_sp = sp
     return 0
 

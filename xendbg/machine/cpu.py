@@ -75,8 +75,6 @@ HCALL32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_ED
 
 _UC_CONTEXT_HEADER = 40           # bytes before CPUX86State in a uc_context (UNICORN.md §3)
 _OLD_EXCEPTION_FROM_ERROR_CODE = 112
-UC_X86_INS_RDTSC = X.UC_X86_INS_RDTSC
-UC_X86_INS_RDTSCP = X.UC_X86_INS_RDTSCP
 
 
 class RegBatch:
@@ -250,41 +248,6 @@ class Cpu:
     def hook_in_out(self, on_in, on_out) -> None:
         self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN))
         self._hooks.append(self.uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT))
-
-    def hook_rdtsc(self, callback) -> None:
-        """RDTSC/RDTSCP: the binding refuses these constants, so register through the C API.
-
-        ``callback()`` returns the 64-bit TSC; returning 1 from the C hook skips the emulated
-        instruction's own effect (the translator has already advanced RIP past it).
-        """
-        uc = self.uc
-        ax, dx = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDX) if self.is64 else (X.UC_X86_REG_EAX,
-                                                                          X.UC_X86_REG_EDX)
-        cx = X.UC_X86_REG_RCX if self.is64 else X.UC_X86_REG_ECX
-
-        def make(is_rdtscp: bool):
-            @ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
-            def hook(_uch, _user):
-                try:
-                    tsc = callback()
-                    uc.reg_write(ax, tsc & 0xFFFFFFFF)
-                    uc.reg_write(dx, (tsc >> 32) & 0xFFFFFFFF)
-                    if is_rdtscp:
-                        uc.reg_write(cx, 0)       # TSC_AUX: vCPU 0
-                except Exception:                 # noqa: BLE001 - never unwind into C
-                    return 0
-                return 1
-            return hook
-
-        for insn, is_rdtscp in ((UC_X86_INS_RDTSC, False), (UC_X86_INS_RDTSCP, True)):
-            cb = make(is_rdtscp)
-            handle = ctypes.c_size_t()
-            err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_INSN,
-                                    ctypes.cast(cb, ctypes.c_void_p), None,
-                                    ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(insn))
-            if err:
-                raise RuntimeError(f"cannot hook rdtsc ({err})")
-            self._hooks.append(cb)
 
     # -- running --------------------------------------------------------------------------------
     def start(self, begin: int, until: int) -> None:

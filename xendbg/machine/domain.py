@@ -92,6 +92,7 @@ class Domain:
     shutdown_code: int | None = None     # SCHEDOP_shutdown_code
     features_required: frozenset[int] = frozenset()
     pirq_eoi_map_mfn: int = 0            # physdev_op pirq_eoi_gmfn
+    pirqs_allocated: set[int] = field(default_factory=set)   # physdev_op get_free_pirq
 
     @property
     def dying(self) -> bool:

@@ -7,9 +7,14 @@ returns False and the guest receives the #GP.
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Callable
+
 from unicorn import x86_const as U
+from unicorn.unicorn_py3.unicorn import uclib
 
 from xendbg.machine import priv
+from xendbg.machine.cpu import Cpu
 
 GPR64 = (U.UC_X86_REG_RAX, U.UC_X86_REG_RCX, U.UC_X86_REG_RDX, U.UC_X86_REG_RBX,
          U.UC_X86_REG_RSP, U.UC_X86_REG_RBP, U.UC_X86_REG_RSI, U.UC_X86_REG_RDI,
@@ -19,6 +24,55 @@ GPR32 = (U.UC_X86_REG_EAX, U.UC_X86_REG_ECX, U.UC_X86_REG_EDX, U.UC_X86_REG_EBX,
          U.UC_X86_REG_ESP, U.UC_X86_REG_EBP, U.UC_X86_REG_ESI, U.UC_X86_REG_EDI)
 
 CR4_VIEW = (1 << 5) | (1 << 9) | (1 << 10)        # PAE, OSFXSR, OSXMMEXCPT
+
+
+class CpuidRegs:
+    """CPUID's register traffic on one engine: leaf and subleaf in, EAX..EDX out.
+
+    Both the plain ``cpuid`` (hooked) and Xen's forced form come here. GRUB runs ``cpuid; rdtsc``
+    (``grub_get_tsc`` serialises with CPUID) every ~130 instructions of its idle loop; six
+    per-register binding calls per CPUID cost ~133k host instructions (callgrind). Two raw batch
+    calls (``uc_reg_read_batch``/``uc_reg_write_batch``) with their arguments converted to the
+    C types once, here, cost a fraction of that.
+
+    The outputs are 32-bit values written to the full registers: on a 64-bit vCPU CPUID clears the
+    upper halves of RAX, RBX, RCX and RDX, as the instruction does.
+    """
+
+    def __init__(self, cpu: Cpu) -> None:
+        if cpu.is64:
+            leaf_regs = (U.UC_X86_REG_RAX, U.UC_X86_REG_RCX)
+            out_regs = (U.UC_X86_REG_RAX, U.UC_X86_REG_RBX, U.UC_X86_REG_RCX, U.UC_X86_REG_RDX)
+        else:
+            leaf_regs = (U.UC_X86_REG_EAX, U.UC_X86_REG_ECX)
+            out_regs = (U.UC_X86_REG_EAX, U.UC_X86_REG_EBX, U.UC_X86_REG_ECX, U.UC_X86_REG_EDX)
+        self._uch = cpu.uc._uch
+        self._leaf_ids, self._leaf_vals, self._leaf_ptrs = _raw_batch(leaf_regs)
+        self._out_ids, self._out_vals, self._out_ptrs = _raw_batch(out_regs)
+
+    def emulate(self, policy: Callable[[int, int], tuple[int, int, int, int]]) -> None:
+        """Answer the CPUID in the registers with ``policy(leaf, subleaf)``; RIP is the caller's."""
+        if uclib.uc_reg_read_batch(self._uch, self._leaf_ids, self._leaf_ptrs, 2):
+            raise RuntimeError("uc_reg_read_batch failed")
+        vals = self._leaf_vals
+        out = self._out_vals
+        out[0], out[1], out[2], out[3] = policy(vals[0] & 0xFFFFFFFF, vals[1] & 0xFFFFFFFF)
+        if uclib.uc_reg_write_batch(self._uch, self._out_ids, self._out_ptrs, 4):
+            raise RuntimeError("uc_reg_write_batch failed")
+
+
+def _raw_batch(regs: tuple[int, ...]):
+    """Register ids, a value array and its element pointers, already of the pointer types the
+    binding declares for ``uc_reg_*_batch`` (so ctypes does no conversion per call)."""
+    n = len(regs)
+    ids = (ctypes.c_int * n)(*regs)
+    vals = (ctypes.c_uint64 * n)()
+    base = ctypes.addressof(vals)
+    ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+    id_type, ptr_type = uclib.uc_reg_read_batch.argtypes[1:3]
+    # The casts keep their source arrays alive (ctypes records them in _objects); vals is held
+    # by the instance.
+    return ctypes.cast(ids, id_type), vals, ctypes.cast(ptrs, ptr_type)
 
 
 def emulate_privileged_op(m) -> bool:

@@ -94,17 +94,28 @@ def selector_fault(m, cs: int, ss: int | None, ip: int) -> str | None:
         return f"RIP {ip:#x} is not canonical"
     if ss is None:
         return None
+    if ss & ~3 and ss & 3 != rpl:
+        return f"stack selector {ss:#x} has RPL {ss & 3}, code selector RPL {rpl}"
+    return stack_selector_fault(m, ss, rpl)
+
+
+def stack_selector_fault(m, ss: int, cpl: int) -> str | None:
+    """Why loading ``ss`` into SS at privilege ``cpl`` would fault; None if it would not.
+
+    The SS checks of a protected-mode segment load (Intel SDM, MOV/POP SS and IRET): not null, RPL
+    and DPL equal to the new CPL, a present writable data segment.
+    """
     if ss & ~3 == 0:
         return f"null stack selector {ss:#x}"
-    if ss & 3 != rpl:
-        return f"stack selector {ss:#x} has RPL {ss & 3}, code selector RPL {rpl}"
+    if ss & 3 != cpl:
+        return f"stack selector {ss:#x} has RPL {ss & 3}, not {cpl}"
     desc = _descriptor(m, ss)
     if desc is None:
         return f"stack selector {ss:#x} is beyond the descriptor table"
     if not desc & _S or desc & _CODE or not desc & _WRITABLE:
         return f"selector {ss:#x} is not a writable data segment"
-    if (desc >> _DPL_SHIFT) & 3 != rpl:
-        return f"stack selector {ss:#x} has DPL {(desc >> _DPL_SHIFT) & 3}, not {rpl}"
+    if (desc >> _DPL_SHIFT) & 3 != cpl:
+        return f"stack selector {ss:#x} has DPL {(desc >> _DPL_SHIFT) & 3}, not {cpl}"
     if not desc & _P:
         return f"stack segment {ss:#x} is not present"
     return None

@@ -92,13 +92,18 @@ def count_tables(ranges: list[tuple[int, int]], levels: int) -> int:
     """How many tables below the top level are needed to map the VA ranges ``[start, end)``.
 
     A level-N table (N < top) covers ``1 << shift`` bytes with shift 21 (L1), 30 (L2), 39 (L3).
+    The count merges each level's runs of table indexes instead of enumerating them, so it costs
+    O(ranges) whatever the span: the builder sizes its layout with it before it knows whether a
+    (possibly hostile) kernel's span fits in the domain at all.
     """
     shifts = (21, 30, 39)[: levels - 1]
     total = 0
     for shift in shifts:
-        prefixes: set[int] = set()
-        for start, end in ranges:
-            if end > start:
-                prefixes.update(range(start >> shift, ((end - 1) >> shift) + 1))
-        total += len(prefixes)
+        runs = sorted((start >> shift, (end - 1) >> shift) for start, end in ranges if end > start)
+        last = -1                          # the highest table index counted so far
+        for first, final in runs:
+            first = max(first, last + 1)
+            if final >= first:
+                total += final - first + 1
+                last = final
     return total

@@ -20,8 +20,9 @@ guest kernel stack and enters the handler:
 
 RFLAGS.IF in the frame is the inverse of the saved upcall mask (the guest's "interrupts enabled").
 Entering with ``TBF_INTERRUPT`` (an event upcall, or a trap_info entry with the "clear event mask"
-flag) masks events. A trap that cannot be delivered — no handler, or a fault while writing the
-frame — crashes the domain with the reason, as Xen does.
+flag) masks events. A trap that cannot be delivered — no handler, a fault while writing the frame,
+or (32-bit, from ring 2/3) a ``stack_switch`` selector that will not load — crashes the domain with
+the reason, as Xen does.
 
 The failsafe callback (``TBF_FAILSAFE``) is how Xen reports that it could not return to the guest
 because a segment register would not load (the ``iret`` of its exit path faulted). Its frame has no
@@ -39,6 +40,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from unicorn import UcError
 from unicorn import x86_const as U
 
 from xendbg.machine.abi import xen as X
@@ -53,6 +55,14 @@ ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 RFLAGS_TF, RFLAGS_IF, RFLAGS_IOPL, RFLAGS_NT = 1 << 8, 1 << 9, 3 << 12, 1 << 14
 RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 16, 1 << 17, 1 << 18
 RFLAGS_CLEARED_ON_TRAP = RFLAGS_TF | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_AC
+
+
+def _kernel_ss_fault(m, ss: int) -> str | None:
+    """Why the 32-bit kernel stack selector ``ss`` would not load at ring 1; None if it would."""
+    # iret.py imports this module (GuestFrame, the flag bits), so its descriptor checks are
+    # imported here, when first needed.
+    from xendbg.machine.iret import stack_selector_fault
+    return stack_selector_fault(m, ss & 0xFFFF, 1)
 
 
 def vector_name(vector: int) -> str:
@@ -183,6 +193,14 @@ class TrapBouncer:
         outer = bool(cs & 2)       # the saved state is ring 2/3: the frame goes on the kernel stack
         if outer:
             esp, frame_ss = vcpu.kernel_sp, vcpu.kernel_ss
+            # Xen loads the stack_switch selector before it writes anything (compat
+            # create_bounce_frame); a selector that will not load crashes the domain there. The
+            # CPU would refuse it the same way when xendbg puts it in SS below.
+            why = _kernel_ss_fault(m, frame_ss)
+            if why is not None:
+                m.crash(f"cannot deliver {kind} from ring {cs & 3}: the kernel stack selector "
+                        f"{frame_ss:#x} given to stack_switch is unusable ({why})")
+                return None
         else:
             frame_ss = ss
         saved_mask = self.upcall_mask(vcpu)
@@ -207,7 +225,14 @@ class TrapBouncer:
                     f"the flat kernel selector {self.abi.kernel_cs:#x}")
             return None
         if frame_ss & 0xFFFF != uc.reg_read(U.UC_X86_REG_SS) & 0xFFFF:
-            uc.reg_write(U.UC_X86_REG_SS, frame_ss & 0xFFFF)
+            try:
+                uc.reg_write(U.UC_X86_REG_SS, frame_ss & 0xFFFF)
+            except UcError as e:
+                # The checks above mirror the CPU's; should they miss a case, the load faults in
+                # Unicorn, and on Xen that fault is a domain crash too, never a debugger error.
+                m.crash(f"cannot deliver {kind}: loading stack selector {frame_ss & 0xFFFF:#x} "
+                        f"faulted ({e})")
+                return None
         uc.reg_write(U.UC_X86_REG_ESP, sp)
         uc.reg_write(U.UC_X86_REG_EFLAGS, eflags & ~RFLAGS_CLEARED_ON_TRAP)
         m.set_guest_ip(target)

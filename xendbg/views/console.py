@@ -23,10 +23,10 @@ class ConsoleView(TextLog, can_focus=True):
             super().__init__()
             self.data = data
 
-    def write_guest(self, text: str) -> None:
+    def write_guest(self, text: str, draw: bool = True) -> None:
         # Terminals treat \r\n as one line break; a bare \r would start a new line in a Log.
         text = text.replace("\r\n", "\n").replace("\r", "")
-        self.write(text)
+        self.write(text, draw)
 
     async def on_key(self, event: events.Key) -> None:
         data = KEY_BYTES.get(event.key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import queue
 import re
+import sys
 import threading
 import time
 import traceback
@@ -51,11 +52,23 @@ from xendbg.messages import (
 TICKS_PER_SECOND = 20          # the tick interval adapts to the guest's speed to give about this
 TICK_MIN, TICK_MAX = 5_000, 50_000_000      # … within these bounds (instructions)
 TICK_FIRST = 100_000
-REFRESH_SECONDS = 0.25         # live snapshots at most this often
+REFRESH_SECONDS = 1 / 3        # live snapshots at most this often (3 a second)
 MAX_BACKLOG = 4                # skip a live refresh while the UI has this many messages queued
+SWITCH_INTERVAL = 0.001        # the GIL's switch interval while the guest runs (see _run_control)
 HYPERCALL_BUFFER = 4096        # records kept between two flushes (older ones are counted, dropped)
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
 _STOP = object()
+
+
+class Batch(Message):
+    """Messages the screen applies together and draws once: a live refresh (console text,
+    hypercalls, speed, the view) or a stop (the command's output, the new run state, the view).
+    Posted one by one, each would be drawn by itself — the screen twice or more per refresh,
+    and a stop reaching the screen a draw later."""
+
+    def __init__(self, messages: tuple[Message, ...]) -> None:
+        super().__init__()
+        self.messages = messages
 
 
 @dataclass
@@ -105,6 +118,7 @@ class Driver:
         self.thread_id: int | None = None     # the emulator thread (benchmarks read its CPU time)
         self.internal_errors: list[str] = []  # tracebacks of the driver's own bugs (tests check)
         self._live_ok = True
+        self._log_ok = True
         self._refresh_queued = False
         self.last_stop_snapshot: MachineSnapshot | None = None
         self._stop_before: MachineSnapshot | None = None    # the baseline of the last stop's view
@@ -196,8 +210,7 @@ class Driver:
         self.session = Session(self.m, loaded.symbols)
         self.m.listeners.append(self._on_event)
         self.ready.set()
-        self._post(MachineLoaded(loaded.title, loaded.detail))
-        self._publish("stop")
+        self._post_with_view([MachineLoaded(loaded.title, loaded.detail)], "stop")
         while True:
             item = self._deferred.popleft() if self._deferred else self._queue.get()
             if item is _STOP:
@@ -224,13 +237,13 @@ class Driver:
                               lambda: self._stop_result(self.session.resume(arg)), live=False)
         elif kind == "call":
             arg()
-            self._flush_streams()
+            self._post_all(self._flush_streams())
         elif kind == "refresh":
             self._refresh_queued = False
-            self._publish("refresh")
+            self._post(self._publish("refresh"))
         elif kind == "address":
             if self._set_address(*arg):
-                self._publish("refresh")
+                self._post(self._publish("refresh"))
 
     def _command(self, line: str) -> None:
         from xendbg.debugger.commands import lookup
@@ -239,9 +252,8 @@ class Driver:
             self._run_control(line, lambda: self.session.execute(line))
             return
         result = self.session.execute(line)
-        self._flush_streams()
-        self._post(CommandFinished(line, result.ok, result.text))
-        self._publish("refresh")
+        self._post_with_view([*self._flush_streams(), CommandFinished(line, result.ok, result.text)],
+                             "refresh")
 
     @staticmethod
     def _stop_result(stop):
@@ -258,26 +270,38 @@ class Driver:
         self._last_refresh = self._last_tick = now
         self._post(RunStateChanged(True, line))
         m.tick_interval = self._tick_interval if live else 0
+        # While the guest runs, this thread holds the GIL nearly all the time; the UI thread waits
+        # up to the switch interval (5 ms) each time it wants it back, several times per key or
+        # message. A shorter interval costs the guest nothing while the UI thread is idle.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, SWITCH_INTERVAL))
         try:
             result = execute()
         finally:
+            sys.setswitchinterval(switch)
             m.tick_interval = 0
             self.running = False
         t0, i0 = self._run_start
         wall = self._clock() - t0
         mips = (m.insns - i0) / wall / 1e6 if wall > 0 else None
-        self._flush_streams()
         stop = result.stop
-        self._post(CommandFinished(line, result.ok, result.text))
-        self._post(RunStateChanged(False, line, stop.reason if stop is not None else None,
-                                   stop.text if stop is not None else result.text, mips))
-        self._publish("stop")
+        self._post_with_view([*self._flush_streams(), CommandFinished(line, result.ok, result.text),
+                              RunStateChanged(False, line, stop.reason if stop is not None else None,
+                                              stop.text if stop is not None else result.text, mips)],
+                             "stop")
 
     # -- machine events (emulator thread) -----------------------------------------------------------
     def _on_event(self, e) -> None:
         kind = e.kind
         if kind == "hypercall":
-            self._calls.append(e)
+            # Made into a record now rather than at the flush: the cost is the same while the
+            # guest runs, and a stop does not wait for thousands of them to be converted.
+            if self._log_ok:
+                try:
+                    self._calls.append(_record(self._calls_seen, e))
+                except Exception as exc:          # noqa: BLE001 - never crash the domain
+                    self._log_ok = False
+                    self._internal_error("the hypercall log", exc)
             self._calls_seen += 1
         elif kind == "console":
             self._console.append(e.data["data"])
@@ -305,14 +329,14 @@ class Driver:
         if self._live_shown < self._live_posted or self._backlog() >= MAX_BACKLOG:
             return                      # the UI is behind: keep the streams for the next tick
         self._last_refresh = now
-        self._flush_streams()
+        out = self._flush_streams()
         t, i = self._speed_mark
         insns = self.m.insns
         if now > t:
-            self._post(GuestSpeed((insns - i) / (now - t) / 1e6, insns))
+            out.append(GuestSpeed((insns - i) / (now - t) / 1e6, insns))
         self._speed_mark = (now, insns)
         self._live_posted += 1
-        self._publish("live")
+        self._post_with_view(out, "live")
 
     def _run_queued_while_running(self) -> None:
         """Requests that arrived while the guest runs: what is safe between two blocks runs now;
@@ -359,23 +383,40 @@ class Driver:
             self._want = {**self._want, "memory_at": (addr.value, addr.space)}
         return True
 
-    def _flush_streams(self) -> None:
+    def _post_all(self, messages: list[Message]) -> None:
+        """Post ``messages`` as one (:class:`Batch`) when there are several."""
+        if len(messages) == 1:
+            self._post(messages[0])
+        elif messages:
+            self._post(Batch(tuple(messages)))
+
+    def _post_with_view(self, messages: list[Message], kind: str) -> None:
+        """Post ``messages`` with a view of the machine, as one; if taking the view fails (a bug
+        in the TUI), the messages still go (the screen must learn the guest stopped)."""
+        try:
+            messages.append(self._publish(kind))
+        finally:
+            self._post_all(messages)
+
+    def _flush_streams(self) -> list[Message]:
+        """The console text and hypercall records collected since the last flush, as messages
+        (the caller posts them, with what goes with them)."""
+        out: list[Message] = []
         if self._console:
             data = b"".join(self._console)
             self._console.clear()
-            self._post(ConsoleOutput(data.decode("utf-8", "replace")))
+            out.append(ConsoleOutput(data.decode("utf-8", "replace")))
         if self._calls:
-            events = list(self._calls)
+            records = tuple(self._calls)
             self._calls.clear()
-            first = self._calls_seen - len(events)
-            dropped = first - self._calls_flushed
+            dropped = self._calls_seen - len(records) - self._calls_flushed
             self._calls_flushed = self._calls_seen
-            self._post(HypercallsTraced(tuple(_record(first + i, e) for i, e in enumerate(events)),
-                                        dropped))
+            out.append(HypercallsTraced(records, dropped))
+        return out
 
     # -- snapshots ------------------------------------------------------------------------------------
-    def _publish(self, kind: str) -> None:
-        """Post a view: ``stop`` (after the guest ran: the new baseline for highlights),
+    def _publish(self, kind: str) -> SnapshotReady:
+        """A view to post: ``stop`` (after the guest ran: the new baseline for highlights),
         ``refresh`` (same state, other things asked for), ``live`` (while running)."""
         m, s = self.m, self.session
         live = kind == "live"
@@ -391,8 +432,7 @@ class Driver:
             self._stop_before = self.last_stop_snapshot
             self.last_stop_snapshot = snap
         before = self._stop_before if kind != "live" else self.last_stop_snapshot
-        self._post(SnapshotReady(View(snap, self._session_view(snap, exact=not live), before,
-                                      kind)))
+        return SnapshotReady(View(snap, self._session_view(snap, exact=not live), before, kind))
 
     def _session_view(self, snap: MachineSnapshot, exact: bool) -> SessionView:
         s = self.session

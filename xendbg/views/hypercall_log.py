@@ -51,6 +51,7 @@ class HypercallTable(LineTable):
         self.dropped = 0
         self.errors_shown = 0
         self.follow = True
+        self._stale_at_end: bool | None = None    # records wait to be drawn (see add)
 
     def row_count(self) -> int:
         return len(self.shown)
@@ -63,9 +64,15 @@ class HypercallTable(LineTable):
         return [(str(r.seq), "line-table--dim"), (str(r.insns), "line-table--dim"), (name, style),
                 (args, None), (result_text(r.result), style)]
 
-    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0) -> None:
+    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0,
+            draw: bool = True) -> None:
+        """Add records; with ``draw=False`` (the log is not on screen) they are only kept, and
+        drawn by :meth:`redraw` — a hidden widget asking for a repaint makes Textual rebuild its
+        whole map of the screen, several times a second while the guest runs."""
         self.dropped += dropped
         at_end = not self.shown or self.cursor >= len(self.shown) - 1
+        if self._stale_at_end is not None:
+            at_end = self._stale_at_end
         self.records.extend(records)
         new = [r for r in records if self.filter(r)]
         self.shown.extend(new)
@@ -75,11 +82,21 @@ class HypercallTable(LineTable):
             self.errors_shown -= sum(1 for r in self.shown[:cut] if r.error is not None)
             del self.shown[:cut]
             self.set_reactive(HypercallTable.cursor, max(0, self.cursor - cut))
+        self._stale_at_end = at_end
+        if draw:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw what :meth:`add` kept (nothing to do if it drew it already)."""
+        if self._stale_at_end is None:
+            return
+        at_end, self._stale_at_end = self._stale_at_end, None
         self.rows_changed()
         if self.follow and at_end and self.shown:
             self.move_cursor(len(self.shown) - 1)
 
     def set_filter(self, text: str) -> None:
+        self._stale_at_end = None
         self.filter = CallFilter(text)
         self.shown = [r for r in self.records if self.filter(r)]
         self.errors_shown = sum(1 for r in self.shown if r.error is not None)
@@ -95,9 +112,16 @@ class HypercallLogView(Vertical):
         yield TextLine("", id="hypercall-summary")
         yield HypercallTable(id="hypercall-table")
 
-    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0) -> None:
-        table = self.query_one(HypercallTable)
-        table.add(records, dropped)
+    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0,
+            draw: bool = True) -> None:
+        """Add records; ``draw=False`` while the log is not on screen (see :meth:`redraw`)."""
+        self.query_one(HypercallTable).add(records, dropped, draw)
+        if draw:
+            self._summary()
+
+    def redraw(self) -> None:
+        """Draw the records added while the log was not on screen."""
+        self.query_one(HypercallTable).redraw()
         self._summary()
 
     def _summary(self) -> None:

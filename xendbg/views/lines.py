@@ -22,7 +22,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.events import Click
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
@@ -88,6 +88,11 @@ class LineTable(ScrollView, can_focus=True):
         def control(self) -> LineTable:
             return self.table
 
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self._pass_styles: tuple[Style, dict[str, Style]] | None = None
+        self._drawn: dict[tuple, Strip] = {}        # drawn rows, by content (see render_line)
+
     # -- for subclasses -----------------------------------------------------------------------------
     def row_count(self) -> int:
         return 0
@@ -141,10 +146,27 @@ class LineTable(ScrollView, can_focus=True):
             self.move_cursor(int(self.scroll_y) + event.y - 1)
 
     # -- drawing -------------------------------------------------------------------------------------
-    def _cells_strip(self, cells: list[Cell], base: Style, row_style: Style | None) -> Strip:
+    # The styles are looked up once per render pass (render_lines), not per line or cell: the
+    # widget's own style is computed from the CSS on every call. Drawn rows are kept by content
+    # (cells, cursor, the styles, the scroll and width): a live refresh that shows the same rows,
+    # or rows that only moved, does not draw them again.
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._pass_styles = None
+        return super().render_lines(crop)
+
+    def _styles(self) -> tuple[Style, dict[str, Style]]:
+        styles = self._pass_styles
+        if styles is None:
+            styles = self._pass_styles = (
+                self.rich_style, {cls: self.get_component_rich_style(cls)
+                                  for cls in self.COMPONENT_CLASSES})
+        return styles
+
+    def _cells_strip(self, cells: list[Cell], base: Style, components: dict[str, Style],
+                     row_style: Style | None) -> Strip:
         segments = []
         for (text, cls), (_title, width) in zip(cells, self.columns, strict=False):
-            style = base + self.get_component_rich_style(cls) if cls else base
+            style = base + components[cls] if cls else base
             if row_style is not None:
                 style = style + row_style
             shown = (text if len(text) <= width else text[:width - 1] + "…").ljust(width) + " "
@@ -154,18 +176,31 @@ class LineTable(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
-        base = self.rich_style
+        base, components = self._styles()
         if y == 0:
-            header = self.get_component_rich_style("line-table--header")
-            strip = self._cells_strip([(t, None) for t, _w in self.columns], base + header, None)
+            cells = [(t, None) for t, _w in self.columns]
+            cursor = False
         else:
             row = scroll_y + y - 1
             if row >= self.row_count():
                 return Strip.blank(width, base)
-            cursor = self.get_component_rich_style("line-table--cursor") \
-                if row == self.cursor else None
-            strip = self._cells_strip(self.row_cells(row), base, cursor)
-        return strip.crop_extend(scroll_x, scroll_x + width, base)
+            cells = self.row_cells(row)
+            cursor = row == self.cursor
+        key = (tuple(cells), y == 0, cursor, base, scroll_x, width, self.columns)
+        drawn = self._drawn
+        strip = drawn.get(key)
+        if strip is None:
+            if y == 0:
+                strip = self._cells_strip(cells, base + components["line-table--header"],
+                                          components, None)
+            else:
+                strip = self._cells_strip(cells, base, components,
+                                          components["line-table--cursor"] if cursor else None)
+            strip = strip.crop_extend(scroll_x, scroll_x + width, base)
+            if len(drawn) >= 1024:
+                drawn.clear()
+            drawn[key] = strip
+        return strip
 
 
 class TextLog(ScrollView, can_focus=True):
@@ -178,13 +213,26 @@ class TextLog(ScrollView, can_focus=True):
         super().__init__(**kw)
         self.lines: deque[str] = deque([""], maxlen=max_lines)
         self._width = 0
+        self._follow: bool | None = None     # set while text waits to be drawn: was at the end
 
-    def write(self, text: str) -> None:
-        at_end = self.scroll_y >= self.max_scroll_y
+    def write(self, text: str, draw: bool = True) -> None:
+        """Add ``text``; with ``draw=False`` (the log is not on screen) it is only kept, and
+        drawn by the next :meth:`redraw` — a hidden widget asking for a repaint makes Textual
+        rebuild its whole map of the screen."""
+        if self._follow is None:
+            self._follow = self.scroll_y >= self.max_scroll_y
         parts = text.split("\n")
         self.lines[-1] += parts[0]
         self.lines.extend(parts[1:])
         self._width = max(self._width, *(len(p) for p in parts))
+        if draw:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw what :meth:`write` kept (nothing to do if it drew it already)."""
+        if self._follow is None:
+            return
+        at_end, self._follow = self._follow, None
         set_virtual_size(self, Size(self._width, len(self.lines)))
         self.refresh()
         if at_end:

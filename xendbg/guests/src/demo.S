@@ -33,8 +33,6 @@
 #include "xen-pv64.inc"
 
 #define VCPUOP_set_periodic_timer 6
-#define EVTCHNOP_bind_ipi_       7
-#define CALLBACKOP_register_     0
 #define PERIOD_NS               10000000    /* the periodic timer: 10 ms */
 #define ONESHOT_NS              3000000     /* the single-shot timer: 3 ms ahead */
 #define COUNTED_PORTS           64
@@ -51,14 +49,7 @@
 #define VT_shift                28
 
 /* ---- Xen ELF notes ------------------------------------------------------------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-demo"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .quad,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .quad,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .quad,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .quad,  hypercall_page
+    LAB_NOTES xendbg-demo
 
     HYPERCALL_PAGE_DEFINE
     LAB_LIB_DEFINE
@@ -84,15 +75,7 @@
 .endm
 
 /* ---- entry -------------------------------------------------------------------- */
-    .section .text.entry, "ax", @progbits
-    .globl _start
-    .type _start, @function
-_start:
-    cld
-    mov %rsi, start_info_va(%rip)
-    lea stack_top(%rip), %rsp
-    jmp main
-    .size _start, . - _start
+    LAB_START
 
     .text
     .type main, @function
@@ -143,11 +126,7 @@ burst:
  * shinfo_page, read-write. Without it nothing else works: crash. */
     .type map_shared_info, @function
 map_shared_info:
-    lea shinfo_page(%rip), %rdi
-    mov SI_shared_info(%r15), %rsi
-    or $PTE_RW, %rsi
-    mov $UVMF_INVLPG, %edx
-    HYPERCALL __HYPERVISOR_update_va_mapping
+    MAP_SHARED_INFO %r15, PTE_RW
     test %rax, %rax
     jnz fatal
     ret
@@ -156,20 +135,10 @@ map_shared_info:
 /* register_callbacks: the event callback and the failsafe callback. */
     .type register_callbacks, @function
 register_callbacks:
-    movw $CALLBACKTYPE_event, cb_arg(%rip)
-    lea evtchn_upcall(%rip), %rax
-    mov %rax, cb_arg+8(%rip)
-    mov $CALLBACKOP_register_, %edi
-    lea cb_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_callback_op
+    REGISTER_CALLBACK CALLBACKTYPE_event, evtchn_upcall
     test %rax, %rax
     jnz fatal
-    movw $CALLBACKTYPE_failsafe, cb_arg(%rip)
-    lea demo_failsafe(%rip), %rax
-    mov %rax, cb_arg+8(%rip)
-    mov $CALLBACKOP_register_, %edi
-    lea cb_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_callback_op
+    REGISTER_CALLBACK CALLBACKTYPE_failsafe, demo_failsafe
     ret
     .size register_callbacks, . - register_callbacks
 
@@ -184,7 +153,7 @@ bind_ports:
     mov virq_arg+8(%rip), %eax
     mov %rax, timer_port(%rip)
     movl $0, ipi_arg(%rip)
-    evtchn EVTCHNOP_bind_ipi_, ipi_arg
+    evtchn EVTCHNOP_bind_ipi, ipi_arg
     test %rax, %rax
     jnz fatal
     mov ipi_arg+4(%rip), %eax

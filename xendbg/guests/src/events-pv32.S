@@ -37,15 +37,7 @@
 #define PTE_SHINFO      (_PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY)
 
 /* ---- Xen ELF notes ------------------------------------------------------------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_PAE_MODE,       .asciz, "yes"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .long,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .long,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .long,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .long,  hypercall_page
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
     LAB_LIB_DEFINE
@@ -101,15 +93,7 @@
 .endm
 
 /* ---- entry ------------------------------------------------------------------- */
-    .section .text.entry, "ax", @progbits
-    .globl _start
-    .type _start, @function
-_start:
-    cld
-    mov %esi, start_info_va
-    mov $stack_top, %esp
-    jmp main
-    .size _start, . - _start
+    LAB_START
 
     .text
     .type main, @function
@@ -121,26 +105,14 @@ main:
  * of our .bss with update_va_mapping(va, pte_lo, pte_hi, flags). Xen lets a
  * domain map its shared_info page read-write. At boot events are masked. */
 step1_shared_info:
-    mov $shinfo_page, %ebx
-    mov SI_shared_info(%ebp), %ecx
-    or $PTE_SHINFO, %ecx
-    xor %edx, %edx
-    mov $UVMF_INVLPG, %esi
-    HYPERCALL __HYPERVISOR_update_va_mapping
-    mov %eax, shinfo_rc
-    check_eq map_shared_info, %eax, $0, "update_va_mapping(shared_info) returned"
-    cmpl $0, shinfo_rc
-    jne no_shared_info
+    MAP_SHARED_INFO %ebp, PTE_SHINFO
+    CHECK_SHARED_INFO_MAPPED
     movzbl shinfo_page+VCPU_upcall_mask, %eax
     check_eq boot_masked, %eax, $1, "vcpu_info[0].evtchn_upcall_mask at entry is"
 
 /* Step 2: set_callbacks(event_cs, event_eip, failsafe_cs, failsafe_eip). */
 step2_callbacks:
-    mov $FLAT_KERNEL_CS, %ebx
-    mov $evtchn_upcall, %ecx
-    mov $FLAT_KERNEL_CS, %edx
-    mov $evtchn_failsafe, %esi
-    HYPERCALL __HYPERVISOR_set_callbacks
+    SET_CALLBACKS evtchn_upcall, evtchn_failsafe
     check_eq set_callbacks, %eax, $0, "set_callbacks returned"
 
 /* Step 3: the console's port was connected by the toolstack to the console
@@ -213,12 +185,7 @@ step6_bind_ipi:
 /* Step 7: bind_virq(VIRQ_DEBUG, vCPU 0): a port D. A second bind of the same
  * VIRQ on the same vCPU is -EEXIST. */
 step7_bind_virq:
-    movl $VIRQ_DEBUG, virq_arg
-    movl $0, virq_arg+4
-    movl $0, virq_arg+8
-    mov $EVTCHNOP_bind_virq, %ebx
-    mov $virq_arg, %ecx
-    HYPERCALL __HYPERVISOR_event_channel_op
+    BIND_VIRQ VIRQ_DEBUG
     check_eq bind_virq, %eax, $0, "EVTCHNOP_bind_virq(VIRQ_DEBUG) returned"
     mov virq_arg+8, %eax
     mov %eax, port_d
@@ -454,9 +421,7 @@ step17_compat:
     check_eq compat_status_kind, compat_arg+4+ES_status, $EVTCHNSTAT_interdomain, "its status of the console port is"
     jmp finish
 
-no_shared_info:
-    check_fail remaining, "not run: shared_info could not be mapped"
-    jmp finish
+    NO_SHARED_INFO
     .size main, . - main
 
 /* ---- routines ----------------------------------------------------------------- */
@@ -636,11 +601,7 @@ upcall_iret:
 
 /* evtchn_failsafe: Xen enters it when it cannot return to the guest with the
  * segments the guest had. This guest never changes its segments. */
-    .type evtchn_failsafe, @function
-evtchn_failsafe:
-    check_fail failsafe, "Xen entered the failsafe callback"
-    jmp finish
-    .size evtchn_failsafe, . - evtchn_failsafe
+    LAB_FAILSAFE_DEFINE
 
 /* ---- data --------------------------------------------------------------------- */
     .data

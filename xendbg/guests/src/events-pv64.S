@@ -39,14 +39,7 @@
 #define PTE_SHINFO      (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
 
 /* ---- Xen ELF notes ------------------------------------------------------------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .quad,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .quad,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .quad,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .quad,  hypercall_page
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
     LAB_LIB_DEFINE
@@ -103,15 +96,7 @@
 .endm
 
 /* ---- entry ------------------------------------------------------------------- */
-    .section .text.entry, "ax", @progbits
-    .globl _start
-    .type _start, @function
-_start:
-    cld
-    mov %rsi, start_info_va(%rip)
-    lea stack_top(%rip), %rsp
-    jmp main
-    .size _start, . - _start
+    LAB_START
 
     .text
     .type main, @function
@@ -123,34 +108,17 @@ main:
  * of our .bss with update_va_mapping. Xen lets a domain map its shared_info
  * page read-write. At boot the vCPU's events are masked. */
 step1_shared_info:
-    lea shinfo_page(%rip), %rdi
-    mov SI_shared_info(%r15), %rsi
-    or $PTE_SHINFO, %rsi
-    mov $UVMF_INVLPG, %edx
-    HYPERCALL __HYPERVISOR_update_va_mapping
-    mov %rax, shinfo_rc(%rip)
-    check_eq map_shared_info, %rax, $0, "update_va_mapping(shared_info) returned"
-    cmpq $0, shinfo_rc(%rip)
-    jne no_shared_info
+    MAP_SHARED_INFO %r15, PTE_SHINFO
+    CHECK_SHARED_INFO_MAPPED
     movzbl shinfo_page+VCPU_upcall_mask(%rip), %eax
     check_eq boot_masked, %rax, $1, "vcpu_info[0].evtchn_upcall_mask at entry is"
 
 /* Step 2: register the event and failsafe callbacks with callback_op, as Linux
  * does (set_callbacks would do as well). */
 step2_callbacks:
-    movw $CALLBACKTYPE_event, cb_arg(%rip)
-    lea evtchn_upcall(%rip), %rax
-    mov %rax, cb_arg+8(%rip)
-    mov $CALLBACKOP_register, %edi
-    lea cb_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_callback_op
+    REGISTER_CALLBACK CALLBACKTYPE_event, evtchn_upcall
     check_eq callback_event, %rax, $0, "callback_op(register, event) returned"
-    movw $CALLBACKTYPE_failsafe, cb_arg(%rip)
-    lea evtchn_failsafe(%rip), %rax
-    mov %rax, cb_arg+8(%rip)
-    mov $CALLBACKOP_register, %edi
-    lea cb_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_callback_op
+    REGISTER_CALLBACK CALLBACKTYPE_failsafe, evtchn_failsafe
     check_eq callback_failsafe, %rax, $0, "callback_op(register, failsafe) returned"
 
 /* Step 3: the console's port was connected by the toolstack to the console
@@ -225,12 +193,7 @@ step6_bind_ipi:
  * debug key, so nothing raises it behind our back). A second bind of the same
  * VIRQ on the same vCPU is refused with -EEXIST. */
 step7_bind_virq:
-    movl $VIRQ_DEBUG, virq_arg(%rip)
-    movl $0, virq_arg+4(%rip)
-    movl $0, virq_arg+8(%rip)
-    mov $EVTCHNOP_bind_virq, %edi
-    lea virq_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_event_channel_op
+    BIND_VIRQ VIRQ_DEBUG
     check_eq bind_virq, %rax, $0, "EVTCHNOP_bind_virq(VIRQ_DEBUG) returned"
     mov virq_arg+8(%rip), %eax
     mov %eax, port_d(%rip)
@@ -471,9 +434,7 @@ step17_compat:
     check_eq32 compat_status_kind, compat_arg+4+ES_status(%rip), $EVTCHNSTAT_interdomain, "its status of the console port is"
     jmp finish
 
-no_shared_info:
-    check_fail remaining, "not run: shared_info could not be mapped"
-    jmp finish
+    NO_SHARED_INFO
     .size main, . - main
 
 /* ---- routines ----------------------------------------------------------------- */
@@ -677,11 +638,7 @@ upcall_iret:
 
 /* evtchn_failsafe: Xen enters it when it cannot return to the guest with the
  * segments the guest had. This guest never changes its segments. */
-    .type evtchn_failsafe, @function
-evtchn_failsafe:
-    check_fail failsafe, "Xen entered the failsafe callback"
-    jmp finish
-    .size evtchn_failsafe, . - evtchn_failsafe
+    LAB_FAILSAFE_DEFINE
 
 /* ---- data --------------------------------------------------------------------- */
     .data

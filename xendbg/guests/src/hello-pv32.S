@@ -32,15 +32,7 @@
 .endm
 
 /* ---- Xen ELF notes: what Xen's domain builder reads before loading us ------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_PAE_MODE,       .asciz, "yes"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .long,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .long,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .long,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .long,  hypercall_page
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
 

@@ -69,15 +69,7 @@
 #define PDPTE           _PAGE_PRESENT       /* PAE L3 entries: no other flag allowed */
 
 /* ---- Xen ELF notes ------------------------------------------------------------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_PAE_MODE,       .asciz, "yes"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .long,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .long,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .long,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .long,  hypercall_page
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
     LAB_LIB_DEFINE
@@ -156,15 +148,7 @@
 .endm
 
 /* ---- entry ------------------------------------------------------------------- */
-    .section .text.entry, "ax", @progbits
-    .globl _start
-    .type _start, @function
-_start:
-    cld
-    mov %esi, start_info_va
-    mov $stack_top, %esp
-    jmp main
-    .size _start, . - _start
+    LAB_START
 
     .text
     .type main, @function

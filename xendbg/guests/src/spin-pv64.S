@@ -9,14 +9,7 @@
  */
 #include "xen-pv64.inc"
 
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .quad,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .quad,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .quad,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .quad,  hypercall_page
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
 

@@ -64,15 +64,7 @@
 #define PTE_SHINFO      (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
 
 /* ---- Xen ELF notes ------------------------------------------------------------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .long,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .long,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .long,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .long,  hypercall_page
-    ELFNOTE XEN_ELFNOTE_PAE_MODE,       .asciz, "yes"
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
     LAB_LIB_DEFINE
@@ -125,15 +117,7 @@
 .endm
 
 /* ---- entry ------------------------------------------------------------------- */
-    .section .text.entry, "ax", @progbits
-    .globl _start
-    .type _start, @function
-_start:
-    cld
-    mov %esi, start_info_va
-    mov $stack_top, %esp
-    jmp main
-    .size _start, . - _start
+    LAB_START
 
     .text
     .type main, @function
@@ -143,16 +127,8 @@ main:
 
 /* Step 1: map shared_info (update_va_mapping(va, pte_lo, pte_hi, flags)). */
 step1_shared_info:
-    mov $shinfo_page, %ebx
-    mov SI_shared_info(%ebp), %ecx
-    or $PTE_SHINFO, %ecx
-    xor %edx, %edx
-    mov $UVMF_INVLPG, %esi
-    HYPERCALL __HYPERVISOR_update_va_mapping
-    mov %eax, shinfo_rc
-    check_eq map_shared_info, %eax, $0, "update_va_mapping(shared_info) returned"
-    cmpl $0, shinfo_rc
-    jne no_shared_info
+    MAP_SHARED_INFO %ebp, PTE_SHINFO
+    CHECK_SHARED_INFO_MAPPED
     movl $shinfo_page, vcpu_info_ptr
 
 /* Step 2: the time record Xen published before we started. */
@@ -219,18 +195,9 @@ step4_wallclock:
 
 /* Step 5: events: callbacks, VIRQ_TIMER bound on vCPU 0, events unmasked. */
 step5_events:
-    mov $FLAT_KERNEL_CS, %ebx
-    mov $evtchn_upcall, %ecx
-    mov $FLAT_KERNEL_CS, %edx
-    mov $evtchn_failsafe, %esi
-    HYPERCALL __HYPERVISOR_set_callbacks
+    SET_CALLBACKS evtchn_upcall, evtchn_failsafe
     check_eq callback_event, %eax, $0, "set_callbacks returned"
-    movl $VIRQ_TIMER, virq_arg
-    movl $0, virq_arg+4
-    movl $0, virq_arg+8
-    mov $EVTCHNOP_bind_virq, %ebx
-    mov $virq_arg, %ecx
-    HYPERCALL __HYPERVISOR_event_channel_op
+    BIND_VIRQ VIRQ_TIMER
     check_eq bind_virq_timer, %eax, $0, "EVTCHNOP_bind_virq(VIRQ_TIMER) returned"
     mov virq_arg+8, %eax
     mov %eax, timer_port
@@ -520,9 +487,7 @@ step16_vcpu_info:
     check_between vcpu_info_clock, %eax, $0, $(MSEC / 10), "ns from the deadline to the handler, read from the moved record:"
     jmp finish
 
-no_shared_info:
-    check_fail remaining, "not run: shared_info could not be mapped"
-    jmp finish
+    NO_SHARED_INFO
     .size main, . - main
 
 /* ---- routines ----------------------------------------------------------------- */
@@ -801,11 +766,7 @@ upcall_done:
     .size evtchn_upcall, . - evtchn_upcall
 
 /* evtchn_failsafe: this guest never changes its segments. */
-    .type evtchn_failsafe, @function
-evtchn_failsafe:
-    check_fail failsafe, "Xen entered the failsafe callback"
-    jmp finish
-    .size evtchn_failsafe, . - evtchn_failsafe
+    LAB_FAILSAFE_DEFINE
 
 /* ---- data --------------------------------------------------------------------- */
     .data

@@ -82,14 +82,7 @@
 #define PTE_SHINFO      (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY)
 
 /* ---- Xen ELF notes ------------------------------------------------------------ */
-    ELFNOTE XEN_ELFNOTE_XEN_VERSION,    .asciz, "xen-3.0"
-    ELFNOTE XEN_ELFNOTE_GUEST_OS,       .asciz, "xendbg-lab"
-    ELFNOTE XEN_ELFNOTE_GUEST_VERSION,  .asciz, "1"
-    ELFNOTE XEN_ELFNOTE_LOADER,         .asciz, "generic"
-    ELFNOTE XEN_ELFNOTE_VIRT_BASE,      .quad,  VIRT_BASE
-    ELFNOTE XEN_ELFNOTE_PADDR_OFFSET,   .quad,  PADDR_OFFSET
-    ELFNOTE XEN_ELFNOTE_ENTRY,          .quad,  _start
-    ELFNOTE XEN_ELFNOTE_HYPERCALL_PAGE, .quad,  hypercall_page
+    LAB_NOTES
 
     HYPERCALL_PAGE_DEFINE
     LAB_LIB_DEFINE
@@ -134,15 +127,7 @@
 .endm
 
 /* ---- entry ------------------------------------------------------------------- */
-    .section .text.entry, "ax", @progbits
-    .globl _start
-    .type _start, @function
-_start:
-    cld
-    mov %rsi, start_info_va(%rip)
-    lea stack_top(%rip), %rsp
-    jmp main
-    .size _start, . - _start
+    LAB_START
 
     .text
     .type main, @function
@@ -153,15 +138,8 @@ main:
 /* Step 1: map shared_info over a page of our .bss (update_va_mapping). The
  * vCPU's vcpu_info is vcpu_info[0] at its start. */
 step1_shared_info:
-    lea shinfo_page(%rip), %rdi
-    mov SI_shared_info(%r15), %rsi
-    or $PTE_SHINFO, %rsi
-    mov $UVMF_INVLPG, %edx
-    HYPERCALL __HYPERVISOR_update_va_mapping
-    mov %rax, shinfo_rc(%rip)
-    check_eq map_shared_info, %rax, $0, "update_va_mapping(shared_info) returned"
-    cmpq $0, shinfo_rc(%rip)
-    jne no_shared_info
+    MAP_SHARED_INFO %r15, PTE_SHINFO
+    CHECK_SHARED_INFO_MAPPED
     lea shinfo_page(%rip), %rax
     mov %rax, vcpu_info_ptr(%rip)
 
@@ -221,25 +199,10 @@ step4_wallclock:
 
 /* Step 5: events: callbacks, VIRQ_TIMER bound on vCPU 0, events unmasked. */
 step5_events:
-    movw $CALLBACKTYPE_event, cb_arg(%rip)
-    lea evtchn_upcall(%rip), %rax
-    mov %rax, cb_arg+8(%rip)
-    mov $CALLBACKOP_register, %edi
-    lea cb_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_callback_op
+    REGISTER_CALLBACK CALLBACKTYPE_event, evtchn_upcall
     check_eq callback_event, %rax, $0, "callback_op(register, event) returned"
-    movw $CALLBACKTYPE_failsafe, cb_arg(%rip)
-    lea evtchn_failsafe(%rip), %rax
-    mov %rax, cb_arg+8(%rip)
-    mov $CALLBACKOP_register, %edi
-    lea cb_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_callback_op
-    movl $VIRQ_TIMER, virq_arg(%rip)
-    movl $0, virq_arg+4(%rip)
-    movl $0, virq_arg+8(%rip)
-    mov $EVTCHNOP_bind_virq, %edi
-    lea virq_arg(%rip), %rsi
-    HYPERCALL __HYPERVISOR_event_channel_op
+    REGISTER_CALLBACK CALLBACKTYPE_failsafe, evtchn_failsafe
+    BIND_VIRQ VIRQ_TIMER
     check_eq bind_virq_timer, %rax, $0, "EVTCHNOP_bind_virq(VIRQ_TIMER) returned"
     mov virq_arg+8(%rip), %eax
     mov %eax, timer_port(%rip)
@@ -552,9 +515,7 @@ step16_vcpu_info:
     check_between vcpu_info_clock, %rax, $0, $(MSEC / 10), "ns from the deadline to the handler, read from the moved record:"
     jmp finish
 
-no_shared_info:
-    check_fail remaining, "not run: shared_info could not be mapped"
-    jmp finish
+    NO_SHARED_INFO
     .size main, . - main
 
 /* ---- routines ----------------------------------------------------------------- */
@@ -779,11 +740,7 @@ upcall_done:
     .size evtchn_upcall, . - evtchn_upcall
 
 /* evtchn_failsafe: this guest never changes its segments. */
-    .type evtchn_failsafe, @function
-evtchn_failsafe:
-    check_fail failsafe, "Xen entered the failsafe callback"
-    jmp finish
-    .size evtchn_failsafe, . - evtchn_failsafe
+    LAB_FAILSAFE_DEFINE
 
 /* ---- data --------------------------------------------------------------------- */
     .data

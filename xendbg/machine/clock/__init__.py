@@ -29,8 +29,9 @@ the host's clock, so two runs of a guest with the same input see the same times 
   to deadline, firing what expires, until something wakes the vCPU; with nothing left that could,
   it returns False and the machine stops with "blocked".
 
-The configuration is a :class:`ClockConfig`: ``machine.config.clock`` if the build configuration
-carries one, else the defaults; :meth:`Clock.configure` replaces it before the guest has run.
+The configuration is a :class:`ClockConfig`: ``machine.config.clock`` (``BuildConfig.clock``;
+``xendbg run --tsc-khz --start-date``), else the defaults; :meth:`Clock.configure` replaces it
+before the guest has run.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ NSEC_PER_SEC = 1_000_000_000
 MASK64 = (1 << 64) - 1
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
-__all__ = ["Clock", "ClockConfig", "Timer", "Runstate", "DEFAULT_START"]
+__all__ = ["Clock", "ClockConfig", "Timer", "Runstate", "DEFAULT_START", "parse_start_date",
+           "ticks_per_insn"]
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,49 @@ class ClockConfig:
     def starting_at(cls, when: str | datetime, **kw) -> ClockConfig:
         """A configuration whose wallclock starts at ``when`` (an ISO 8601 date; UTC if it names
         no zone), e.g. ``ClockConfig.starting_at("2030-06-01T12:00:00Z")``."""
-        if isinstance(when, str):
-            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        ns = (delta.days * 86400 + delta.seconds) * NSEC_PER_SEC + delta.microseconds * 1000
-        return cls(wallclock_ns=ns, **kw)
+        return cls(wallclock_ns=parse_start_date(when), **kw)
+
+    @classmethod
+    def from_options(cls, tsc_khz: int | None = None,
+                     start_date: str | datetime | None = None) -> ClockConfig:
+        """What ``xendbg run --tsc-khz --start-date`` ask for (None: the default). Another TSC
+        frequency keeps the guest at about one instruction per virtual nanosecond
+        (:func:`ticks_per_insn`). ValueError with a one-line reason for a bad value."""
+        kw: dict[str, int] = {}
+        if tsc_khz is not None:
+            kw["tsc_khz"] = tsc_khz
+            kw["tsc_per_insn"] = ticks_per_insn(tsc_khz)
+        if start_date is not None:
+            kw["wallclock_ns"] = parse_start_date(start_date)
+        return cls(**kw)
+
+
+def ticks_per_insn(tsc_khz: int) -> int:
+    """TSC ticks per executed instruction at ``tsc_khz``: the frequency in GHz, rounded, at least
+    1 — one instruction per virtual nanosecond, as the default (2 ticks at 2 GHz) assumes."""
+    if tsc_khz <= 0:
+        raise ValueError(f"a TSC frequency must be positive, not {tsc_khz} kHz")
+    return max(1, (tsc_khz + 500_000) // 1_000_000)
+
+
+def parse_start_date(when: str | datetime) -> int:
+    """ns since the Unix epoch of an ISO 8601 date or date/time (UTC unless it names a zone:
+    ``2030-06-01``, ``2030-06-01T12:00:00Z``, ``2030-06-01 12:00:00.25+02:00``). ValueError with
+    a one-line reason for anything else, or a date before 1970."""
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.strip())
+        except ValueError:
+            raise ValueError(f"{when!r} is not an ISO 8601 date or date/time (for example "
+                             "2030-06-01 or 2030-06-01T12:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    ns = (delta.days * 86400 + delta.seconds) * NSEC_PER_SEC + delta.microseconds * 1000
+    if ns < 0:
+        raise ValueError(f"{when.isoformat()} is before 1970: Xen's wallclock counts from the "
+                         "Unix epoch")
+    return ns
 
 
 class Clock:

@@ -31,11 +31,11 @@ from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.errno import EEXIST, EFAULT, EINVAL, ENOENT, ENOSPC, ENOSYS, EPERM, ESRCH
 from xendbg.machine.events.evtchn_2l import Evtchn2L
 
+# PIRQ numbers below nr_pirqs exist but none is the domain's to bind (no hardware is behind it).
+from xendbg.machine.physdev import NR_PIRQS_DOMU
+
 BACKEND_DOMID = 0
 EVTCHNS_PER_BUCKET = 64       # PAGE_SIZE / sizeof(struct evtchn), the struct being 64-byte aligned
-# A PV domU's nr_pirqs is nr_static_irqs (the host's GSIs; 24 with one IO-APIC) plus
-# extra_domU_pirqs (32): PIRQ numbers below it exist but are not the domain's to bind.
-NR_PIRQS_DOMU = 24 + 32
 PER_VCPU_VIRQS = frozenset({X.VIRQ_TIMER, X.VIRQ_DEBUG, X.VIRQ_XENOPROF, X.VIRQ_XENPMU})
 
 STATE_NAMES = {X.EVTCHNSTAT_closed: "closed", X.EVTCHNSTAT_unbound: "unbound",

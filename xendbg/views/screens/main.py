@@ -15,7 +15,7 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, RichLog, TabbedContent, TabPane
 
@@ -33,7 +33,7 @@ from xendbg.messages import (
 from xendbg.views.code import CodeView
 from xendbg.views.command_line import CommandLine, completions
 from xendbg.views.console import ConsoleView
-from xendbg.views.driver import Driver, Loaded
+from xendbg.views.driver import Batch, Driver, Loaded
 from xendbg.views.evtchn import EventChannelsView
 from xendbg.views.fmt import vtime_text
 from xendbg.views.hypercall_log import HypercallLogView
@@ -83,8 +83,7 @@ class MainScreen(Screen):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield CodeView(id="code")
-                with VerticalScroll(id="stack-scroll"):
-                    yield StackView(id="stack")
+                yield StackView(id="stack")
             with Vertical(id="right"):
                 yield RegistersView(id="registers")
                 with TabbedContent(id="xen"):
@@ -106,8 +105,7 @@ class MainScreen(Screen):
         simple = {"evtchn": EventChannelsView, "vcpu": VcpuInfoView, "timers": TimersView,
                   "multicall": MulticallView, "pagetypes": PageTypesView}
         if panel in simple:
-            with VerticalScroll():
-                yield simple[panel](id=panel)
+            yield simple[panel](id=panel)
         elif panel == "p2m":
             yield P2mView(id="p2m")
         elif panel == "walk":
@@ -118,7 +116,7 @@ class MainScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#code").border_title = "Code"
         self.query_one("#registers").border_title = "Registers"
-        self.query_one("#stack-scroll").border_title = "Stack"
+        self.query_one("#stack").border_title = "Stack"
         self.query_one("#command", CommandLine).focus()
         self.run_emulator()
 
@@ -200,6 +198,11 @@ class MainScreen(Screen):
         self.driver.console_input(event.data)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        tab = self._bottom_tab()
+        if tab == "tab-console":
+            self.query_one(ConsoleView).redraw()
+        elif tab == "tab-hypercalls":
+            self.query_one(HypercallLogView).redraw()
         self.driver.set_view(frames=self._frames_wanted())
         self._push_view()
 
@@ -207,6 +210,17 @@ class MainScreen(Screen):
         return self.query_one("#xen", TabbedContent).active in FRAME_TABS
 
     # -- what the machine says ---------------------------------------------------------------------
+    def on_batch(self, message: Batch) -> None:
+        """Several messages at once: applied together, so that the screen is drawn once."""
+        handlers = {MachineLoaded: self.on_machine_loaded, SnapshotReady: self.on_snapshot_ready,
+                    RunStateChanged: self.on_run_state_changed, GuestSpeed: self.on_guest_speed,
+                    ConsoleOutput: self.on_console_output,
+                    HypercallsTraced: self.on_hypercalls_traced,
+                    CommandFinished: self.on_command_finished}
+        with self.app.batch_update():
+            for item in message.messages:
+                handlers[type(item)](item)
+
     def on_machine_loaded(self, message: MachineLoaded) -> None:
         self.app.sub_title = message.title
         self.log_output(
@@ -261,11 +275,18 @@ class MainScreen(Screen):
         status.mips = message.mips
         status.insns = message.insns
 
+    # The console and the hypercall log keep what arrives while their tab is hidden and draw it
+    # when the tab is shown: repainting a hidden widget costs a rebuild of the screen's map.
     def on_console_output(self, message: ConsoleOutput) -> None:
-        self.query_one(ConsoleView).write_guest(message.text)
+        self.query_one(ConsoleView).write_guest(message.text,
+                                                draw=self._bottom_tab() == "tab-console")
 
     def on_hypercalls_traced(self, message: HypercallsTraced) -> None:
-        self.query_one(HypercallLogView).add(message.records, message.dropped)
+        self.query_one(HypercallLogView).add(message.records, message.dropped,
+                                             draw=self._bottom_tab() == "tab-hypercalls")
+
+    def _bottom_tab(self) -> str:
+        return self.query_one("#bottom", TabbedContent).active
 
     def on_command_finished(self, message: CommandFinished) -> None:
         text = message.text or ("" if message.ok else "failed")
