@@ -9,6 +9,10 @@ rAX, the check for events, back to the guest.
 Floor: the very same loop bytes in a bare Unicorn engine (flat memory, no paging, no block counter)
 whose syscall hook (pv64) or interrupt hook (pv32) is an empty Python function — the cheapest a
 Python-hooked hypervisor can ever be (UNICORN.md §4). The ratio is xendbg / floor.
+
+A third row prices the events: the pv64 loop with one listener that takes every event (as a
+debugger session does: a ``hypercall_entry`` and a ``hypercall`` event per call), against the same
+loop with nobody listening.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ def _poweroff32(code_va: int) -> bytes:
             + b"\xcd\x82\xeb\xfe")
 
 
-def xendbg_rate(guest: str, n: int) -> float:
+def xendbg_rate(guest: str, n: int, listen: bool = False) -> float:
     from xendbg.guests import lab_image
     from xendbg.machine.builder import BuildConfig
     from xendbg.machine.loader import load_kernel
@@ -74,6 +78,8 @@ def xendbg_rate(guest: str, n: int) -> float:
     m.cpu.flush_tb()
     m.cpu.uc.reg_write(counter, n)
     m.cpu.ip = code
+    if listen:
+        m.listeners.append(lambda _event: None)  # no event_kinds: every event is built for it
     start = time.perf_counter()
     reason = m.run()
     took = time.perf_counter() - start
@@ -121,6 +127,17 @@ def run() -> list[dict]:
             "baseline_name": "bare Unicorn, the same loop, empty Python hook",
             "unit": "calls/s", "higher_is_better": True,
             "note": f"median of {REPEAT} × {N:,} calls"})
+    listened, quiet = [], []
+    for _ in range(REPEAT):
+        listened.append(xendbg_rate("hello-pv64", N, listen=True))
+        quiet.append(xendbg_rate("hello-pv64", N))
+    rows.append({
+        "what": "null hypercall round trip, pv64, with a listener taking every event (two events "
+                "per call, what a debugger session costs the hypercall path)",
+        "xendbg": statistics.median(listened), "baseline": statistics.median(quiet),
+        "baseline_name": "the same loop, nobody listening",
+        "unit": "calls/s", "higher_is_better": True,
+        "note": f"median of {REPEAT} × {N:,} calls"})
     return rows
 
 

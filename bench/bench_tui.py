@@ -24,7 +24,10 @@ import threading
 import time
 
 QUICK = bool(os.environ.get("XENDBG_BENCH_QUICK"))
-SPEED_SECONDS = 2.0 if QUICK else 6.0
+SPEED_SECONDS = 2.0 if QUICK else 4.0
+# Speed runs alternate (bare, session, TUI) this many times and report medians: on a shared host
+# one run of each differs from the next by ±15%, more than the TUI's cost being measured.
+SPEED_ROUNDS = 1 if QUICK else 3
 PAUSE_ROUNDS = 5 if QUICK else 15
 SIZE = (160, 48)
 
@@ -238,10 +241,16 @@ def run() -> list[dict]:
     load = os.getloadavg()[0]
     for name, memory, what in (("demo", 64, "demo guest (hypercall-heavy)"),
                                ("spin-pv64", 16, "spin-pv64 (a loop, no hypercalls)")):
-        plain = headless_speed(name, memory, SPEED_SECONDS, session=False)
-        session = headless_speed(name, memory, SPEED_SECONDS, session=True)
-        tui = tui_speed(name, memory, SPEED_SECONDS)
-        note = (f"{SPEED_SECONDS:.0f} s each; {tui['refreshes']} live refreshes drawn; UI thread "
+        runs = []
+        for _ in range(SPEED_ROUNDS):
+            runs.append((headless_speed(name, memory, SPEED_SECONDS, session=False),
+                         headless_speed(name, memory, SPEED_SECONDS, session=True),
+                         tui_speed(name, memory, SPEED_SECONDS)))
+        plain = tuple(statistics.median(r[0][k] for r in runs) for k in (0, 1))
+        session = tuple(statistics.median(r[1][k] for r in runs) for k in (0, 1))
+        tui = {k: statistics.median(r[2][k] for r in runs) for k in runs[0][2]}
+        note = (f"{SPEED_SECONDS:.0f} s each, median of {SPEED_ROUNDS} alternated runs; "
+                f"{tui['refreshes']:.0f} live refreshes drawn; UI thread "
                 f"busy {tui['ui_busy']:.0%}; per CPU-second of the emulating thread: TUI "
                 f"{tui['per_cpu']:.3g}, session {session[1]:.3g}, bare {plain[1]:.3g} M; host "
                 f"load average {load:.1f} on {os.cpu_count()} CPUs (wall rates suffer from it)")
@@ -255,7 +264,9 @@ def run() -> list[dict]:
             "xendbg": round(tui["mips"], 4), "baseline": round(session[0], 4),
             "baseline_name": "Session 'continue' headless (xendbg run --script), same wall time",
             "unit": "M instructions/s",
-            "note": "the TUI's own cost: ticks, snapshots, streaming, and the UI thread"})
+            "note": "the TUI's own cost: ticks, snapshots, streaming, and the UI thread; per "
+                    f"CPU-second of the emulating thread {tui['per_cpu'] / session[1]:.2f}× the "
+                    "session's"})
     for name, memory in (("spin-pv64", 16), ("demo", 64)):
         base = headless_pause(name, memory, PAUSE_ROUNDS)
         tui = tui_pause(name, memory, PAUSE_ROUNDS)

@@ -2,7 +2,8 @@
 
 The emulator runs in one worker thread (:mod:`xendbg.views.driver`); it never touches a widget.
 It posts these messages (``post_message`` is thread-safe) and the screen hands their data down to
-the panels. Payloads are frozen dataclasses or tuples, so a panel can keep one without copying.
+the panels. Payloads are frozen dataclasses or tuples (or read-only views, as
+:class:`HypercallRecord`), so a panel can keep one without copying.
 
 High-rate producers are coalesced: live snapshots replace each other in the queue
 (:meth:`SnapshotReady.can_replace`), console text and hypercall records are batched per refresh.
@@ -14,21 +15,65 @@ from dataclasses import dataclass, field
 
 from textual.message import Message
 
+from xendbg.machine.abi.errno import errno_name
 from xendbg.machine.snapshot import MachineSnapshot
 
 
-@dataclass(frozen=True)
 class HypercallRecord:
-    """One hypercall as the log shows it (after Xen ran it)."""
+    """One hypercall as the log shows it (after Xen ran it): a read-only view of the machine's
+    ``hypercall`` event, decoded when a field is read.
 
-    seq: int
-    insns: int
-    ip: int
-    name: str
-    args: tuple[tuple[str, int], ...]
-    result: int | None
-    error: str | None               # errno name when the result is an error
-    multicall: int | None           # entry index inside a batch
+    A hypercall-heavy guest makes tens of thousands of calls a second. The emulator thread keeps
+    the machine's events as they come (no object of its own per call: its time is the guest's),
+    and the log makes a record only for the calls it keeps and decodes only the rows it draws.
+    The event's data is never changed after the machine emitted it."""
+
+    __slots__ = ("seq", "_event")
+
+    def __init__(self, seq: int, event) -> None:
+        self.seq = seq
+        self._event = event
+
+    @property
+    def insns(self) -> int:
+        return self._event.insns
+
+    @property
+    def ip(self) -> int:
+        return self._event.data.get("ip", 0)
+
+    @property
+    def name(self) -> str:
+        return self._event.data["name"]
+
+    @property
+    def args(self) -> tuple[tuple[str, int], ...]:
+        d = self._event.data
+        names = d.get("arg_names") or ()
+        return tuple((names[i] if i < len(names) else f"arg{i}", v)
+                     for i, v in enumerate(d["args"]))
+
+    @property
+    def result(self) -> int | None:
+        return self._event.data.get("result")
+
+    @property
+    def error(self) -> str | None:
+        """The errno name when the result is an error."""
+        d = self._event.data
+        error = d.get("error")
+        result = d.get("result")
+        if error is None and isinstance(result, int) and -4096 < result < 0:
+            error = errno_name(result)
+        return error
+
+    @property
+    def multicall(self) -> int | None:
+        """The entry index inside a batch."""
+        return self._event.data.get("multicall")
+
+    def __repr__(self) -> str:
+        return f"HypercallRecord(#{self.seq} {self.name} -> {self.result})"
 
 
 @dataclass(frozen=True)
@@ -102,12 +147,18 @@ class ConsoleOutput(Message):
 
 
 class HypercallsTraced(Message):
-    """Hypercalls made since the last batch, oldest first."""
+    """Hypercalls made since the last batch, oldest first: the machine's ``hypercall`` events as
+    they came, numbered from ``first_seq`` (see :class:`HypercallRecord`)."""
 
-    def __init__(self, records: tuple[HypercallRecord, ...], dropped: int = 0) -> None:
+    def __init__(self, events: tuple, first_seq: int, dropped: int = 0) -> None:
         super().__init__()
-        self.records = records
+        self.events = events
+        self.first_seq = first_seq
         self.dropped = dropped          # records not kept (the producer's buffer overflowed)
+
+    @property
+    def records(self) -> tuple[HypercallRecord, ...]:
+        return tuple(HypercallRecord(self.first_seq + i, e) for i, e in enumerate(self.events))
 
 
 class RunStateChanged(Message):

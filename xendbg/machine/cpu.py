@@ -14,7 +14,9 @@ Facts this module is built on (measured, ``shared/reference/UNICORN.md``):
 * The #PF error code is not a register: it is read from the CPU context at an offset calibrated at
   start-up.
 * Registers are read in batches through the raw C API (``uc_reg_read_batch``), ~10× cheaper than the
-  binding's per-register calls.
+  binding's per-register calls. The plain 64-bit registers of the hot paths (rIP, rSP, rAX, CR3, CS)
+  also go through the raw single-register calls; anything with another layout (GDTR, MSRs, FPU/SIMD)
+  keeps the binding's ``reg_read``/``reg_write``, which pick the right ctypes type.
 
 This module knows nothing of Xen's policy: :class:`Cpu` exposes registers, hooks and the trampoline;
 ``traps.py`` and ``hypercalls.py`` decide what a trap means.
@@ -35,6 +37,7 @@ from unicorn import (
     UC_MODE_64,
     UC_PROT_ALL,
     Uc,
+    UcError,
 )
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
@@ -75,10 +78,27 @@ HCALL32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_ED
 
 _UC_CONTEXT_HEADER = 40           # bytes before CPUX86State in a uc_context (UNICORN.md §3)
 _OLD_EXCEPTION_FROM_ERROR_CODE = 112
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+# The same C entry points as ``uclib``'s, through a second handle on the already-loaded library
+# whose functions have no ``argtypes``: the binding's prototypes convert every argument through
+# ``LP_c_int``/``LP_c_void_p`` checks, which cost more than the C call itself (~1 µs per call on
+# the hot path). Without prototypes the arguments must already be C objects: the engine handle as
+# ``c_void_p``, arrays and ``byref``s for the pointers, small Python ints for ``int``s.
+_raw = ctypes.CDLL(uclib._name, handle=uclib._handle)
+_reg_read_batch = _raw.uc_reg_read_batch
+_reg_write_batch = _raw.uc_reg_write_batch
+_reg_read = _raw.uc_reg_read
+_reg_write = _raw.uc_reg_write
+_c_uint64 = ctypes.c_uint64
+_byref = ctypes.byref
 
 
 class RegBatch:
-    """A fixed list of registers read or written with one raw C call."""
+    """A fixed list of plain 64-bit registers read or written with one raw C call.
+
+    Not thread-safe (one value buffer per batch): use it on the emulator thread only.
+    """
 
     def __init__(self, uc: Uc, regs: Sequence[int]) -> None:
         n = len(regs)
@@ -88,17 +108,21 @@ class RegBatch:
         self._vals = (ctypes.c_uint64 * n)()
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+        # Unpacking the buffer as one struct is ~10x cheaper than iterating the ctypes array.
+        self._unpack = struct.Struct(f"<{n}Q").unpack_from
 
-    def read(self) -> list[int]:
-        err = uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self._n)
+    def read(self) -> tuple[int, ...]:
+        err = _reg_read_batch(self._uch, self._ids, self._ptrs, self._n)
         if err:
             raise RuntimeError(f"uc_reg_read_batch failed ({err})")
-        return list(self._vals)
+        return self._unpack(self._vals)
 
     def write(self, values: Sequence[int]) -> None:
+        """Write ``values`` to the first ``len(values)`` registers; the others get the values of the
+        last read or write of this batch (write all of them, or read first)."""
         for i, value in enumerate(values):
-            self._vals[i] = value & 0xFFFFFFFFFFFFFFFF
-        err = uclib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self._n)
+            self._vals[i] = value & _MASK64
+        err = _reg_write_batch(self._uch, self._ids, self._ptrs, self._n)
         if err:
             raise RuntimeError(f"uc_reg_write_batch failed ({err})")
 
@@ -113,6 +137,10 @@ class Cpu:
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self.is64 = abi.bits == 64
         self.hcall = RegBatch(self.uc, HCALL64 if self.is64 else HCALL32)
+        # The hypercall registers plus CS (index 9), read at a trap: the int $0x82 path checks the
+        # caller's privilege from it. Read-only (``hcall`` is the one to write).
+        self.hcall_cs = RegBatch(self.uc, (HCALL64 if self.is64 else HCALL32) + (X.UC_X86_REG_CS,))
+        self._uch = self.uc._uch
         self.all_regs = RegBatch(self.uc, REGS64 if self.is64 else REGS32)
         self.reg_names = NAMES64 if self.is64 else NAMES32
         self.ip_reg = X.UC_X86_REG_RIP if self.is64 else X.UC_X86_REG_EIP
@@ -177,29 +205,55 @@ class Cpu:
     def reg_write(self, reg: int, value: int) -> None:
         self.uc.reg_write(reg, value)
 
+    def read_plain(self, reg: int) -> int:
+        """Read a plain 64-bit register (a GPR, rIP, rFLAGS, a selector, a CR) with the raw C call.
+
+        A fresh value buffer per call, as the binding has: a read from another thread while the
+        guest runs does not clobber the emulator thread's.
+        """
+        val = _c_uint64()
+        err = _reg_read(self._uch, reg, _byref(val))
+        if err:
+            raise UcError(err)
+        return val.value
+
+    def write_plain(self, reg: int, value: int) -> None:
+        """Write a plain 64-bit register with the raw C call (``value`` truncated to 64 bits, as the
+        binding's ``c_uint64(value)`` does). Writing rIP from a hook has the same effect as through the
+        binding: the engine leaves the current block and resumes there."""
+        err = _reg_write(self._uch, reg, _byref(_c_uint64(value)))
+        if err:
+            raise UcError(err)
+
+    def write_ax(self, value: int) -> None:
+        """rAX ← ``value``: a hypercall's result (``write_plain`` for the one register)."""
+        err = _reg_write(self._uch, self.ax_reg, _byref(_c_uint64(value)))
+        if err:
+            raise UcError(err)
+
     @property
     def ip(self) -> int:
-        return self.uc.reg_read(self.ip_reg)
+        return self.read_plain(self.ip_reg)
 
     @ip.setter
     def ip(self, value: int) -> None:
-        self.uc.reg_write(self.ip_reg, value)
+        self.write_plain(self.ip_reg, value)
 
     @property
     def sp(self) -> int:
-        return self.uc.reg_read(self.sp_reg)
+        return self.read_plain(self.sp_reg)
 
     @sp.setter
     def sp(self, value: int) -> None:
-        self.uc.reg_write(self.sp_reg, value)
+        self.write_plain(self.sp_reg, value)
 
     @property
     def cr3(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_CR3)
+        return self.read_plain(X.UC_X86_REG_CR3)
 
     @cr3.setter
     def cr3(self, value: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_CR3, value)
+        self.write_plain(X.UC_X86_REG_CR3, value)
 
     def msr_read(self, msr: int) -> int:
         return self.uc.msr_read(msr)
@@ -208,7 +262,7 @@ class Cpu:
         self.uc.msr_write(msr, value)
 
     def cpl(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+        return self.read_plain(X.UC_X86_REG_CS) & 3
 
     # -- exceptions -----------------------------------------------------------------------------
     def exception_entry(self) -> int:
@@ -229,7 +283,7 @@ class Cpu:
         return error_code
 
     def cr2(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_CR2)
+        return self.read_plain(X.UC_X86_REG_CR2)
 
     # -- hooks ----------------------------------------------------------------------------------
     def hook_syscall(self, callback) -> None:

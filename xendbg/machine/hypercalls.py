@@ -9,13 +9,23 @@ the dispatcher, the ``--trace`` writer, ``--stats`` and the debugger's panels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import xendbg.machine.vcpu_op as vcpu_op
 from xendbg.machine import callback, descriptor_tables, grant_table, iret, kernel, multicall, physdev, sched
 from xendbg.machine.abi import xen as X
 from xendbg.machine.abi.errno import EFAULT, ENOSYS
 from xendbg.machine.mmu import memory_op, mmu_update, mmuext
+
+
+class HypercallRow(NamedTuple):
+    """What the dispatcher needs of one hypercall number for one ABI, resolved once."""
+
+    name: str
+    handler: Callable | None
+    nargs: int                      # how many argument registers it takes
+    arg_names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,13 @@ class HypercallDef:
     args: tuple[str, ...]
     handler32: Callable | None = None     # when the 32-bit ABI passes arguments differently
     args32: tuple[str, ...] | None = None
+    # ABI bits → HypercallRow, derived from the fields above (and again by dataclasses.replace).
+    rows: dict[int, HypercallRow] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rows = {bits: HypercallRow(self.name, self.handler_for(bits), len(self.args_for(bits)),
+                                   self.args_for(bits)) for bits in (32, 64)}
+        object.__setattr__(self, "rows", rows)
 
     def handler_for(self, bits: int) -> Callable | None:
         return self.handler32 if bits == 32 and self.handler32 is not None else self.handler
@@ -140,3 +157,12 @@ NR_HYPERCALLS = X.NR_HYPERCALLS
 def name_of(nr: int) -> str:
     d = BY_NR.get(nr)
     return d.name if d else X.HYPERCALL_NAMES.get(nr, f"hypercall_{nr}")
+
+
+def row_of(nr: int, bits: int) -> HypercallRow:
+    """The dispatcher's view of ``nr``: a number without a row takes no arguments and has no
+    handler (-ENOSYS). Looked up in BY_NR on every call, so a replaced row takes effect at once."""
+    d = BY_NR.get(nr) if nr < NR_HYPERCALLS else None
+    if d is not None:
+        return d.rows[bits]
+    return HypercallRow(name_of(nr), None, 0, ())

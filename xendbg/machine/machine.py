@@ -9,7 +9,10 @@ unwinds through Unicorn.
 
 Structured events go to subscribers (``listeners``): ``hypercall_entry`` (before the handler runs),
 ``hypercall`` (after it), ``console``, ``trap``, ``upcall``, ``shutdown``, ``crash``, and ``tick``
-(every ``tick_interval`` instructions, when set). The machine never prints.
+(every ``tick_interval`` instructions, when set). The machine never prints. A listener that only
+cares for some kinds says so with an ``event_kinds`` attribute (a set of kinds); the machine then
+neither calls it for the others nor builds an event nobody receives — a hypercall-heavy guest makes
+two events per call, and most listeners want neither.
 """
 
 from __future__ import annotations
@@ -52,11 +55,63 @@ DEFERRED = object()       # dispatch(): a debugger stopped at the entry; the cal
 XEN_CPUID_PREFIX = b"\x0f\x0bxen\x0f\xa2"
 
 
-@dataclass(frozen=True)
 class Event:
-    kind: str
-    insns: int
-    data: dict
+    """One machine event: its kind, the instruction count, and its fields.
+
+    A plain slotted class rather than a frozen dataclass: one is built per hypercall twice over
+    while anyone listens, and a frozen dataclass's ``__init__`` costs three times as much.
+    Treat it as read-only.
+    """
+
+    __slots__ = ("kind", "insns", "data")
+
+    def __init__(self, kind: str, insns: int, data: dict) -> None:
+        self.kind = kind
+        self.insns = insns
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Event(kind={self.kind!r}, insns={self.insns!r}, data={self.data!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Event:
+            return NotImplemented
+        return (self.kind, self.insns, self.data) == (other.kind, other.insns, other.data)
+
+    __hash__ = None      # type: ignore[assignment]  # data is a dict, as with the dataclass
+
+
+class Listeners(list):
+    """The machine's subscribers: a list that tells the machine when it changes, so that the
+    per-kind routing (:meth:`Machine.route`) is computed once per change, not once per event."""
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, changed: Callable[[], None], items=()) -> None:
+        super().__init__(items)
+        self._changed = changed
+
+
+def _notifying(name: str):
+    base = getattr(list, name)
+
+    def method(self, *args):
+        result = base(self, *args)
+        self._changed()
+        return result
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+              "__setitem__", "__delitem__", "__iadd__", "__imul__"):
+    setattr(Listeners, _name, _notifying(_name))
+
+
+def _wants(listener, kind: str) -> bool:
+    kinds = getattr(listener, "event_kinds", None)
+    return kinds is None or kind in kinds
 
 
 @dataclass
@@ -78,9 +133,15 @@ class Machine:
         self.vcpu: Vcpu = self.domain.vcpus[0]
         self.xen_area = self.layout.xen
         self.cpu = Cpu(self.abi, self.memory)
+        # Bound once: the hypercall path runs them on every call.
+        self._read_hcall = self.cpu.hcall.read
+        self._read_hcall_cs = self.cpu.hcall_cs.read
+        self._write_ax = self.cpu.write_ax
         self.guest = GuestMemory(self.memory, self.abi, lambda: self.cpu.cr3)
         self.traps = TrapBouncer(self)
-        self.listeners: list[Callable[[Event], None]] = []
+        self._routes: dict[str, tuple] = {}        # event kind → the listeners that get it
+        self._routes_lock = threading.Lock()      # a listener may be added from another thread
+        self._listeners = Listeners(self._listeners_changed)
         self.stats = HypercallStats()
         self.internal_errors: list[str] = []
         self.cpuid = priv.CpuidPolicy()
@@ -94,6 +155,7 @@ class Machine:
         self._defer_hypercall = False      # set by stop_before_hypercall() during hypercall_entry
         self._emu_thread: int | None = None
         self._word_mask = (1 << self.abi.bits) - 1
+        self._bits = self.abi.bits
         self._md = capstone.Cs(capstone.CS_ARCH_X86,
                                capstone.CS_MODE_64 if self.is64 else capstone.CS_MODE_32)
 
@@ -143,10 +205,38 @@ class Machine:
         self.clock.hook_rdtsc(cpu)           # rdtsc/rdtscp read the virtual TSC
 
     # -- events to subscribers -----------------------------------------------------------------
+    @property
+    def listeners(self) -> list[Callable[[Event], None]]:
+        return self._listeners
+
+    @listeners.setter
+    def listeners(self, items) -> None:
+        self._listeners = Listeners(self._listeners_changed, items)
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
+        with self._routes_lock:
+            self._routes.clear()
+
+    def route(self, kind: str) -> tuple:
+        """The listeners that get events of ``kind``, in order (empty: nobody; build nothing)."""
+        targets = self._routes.get(kind)
+        if targets is None:
+            # Under the lock, so that a change made meanwhile is not overwritten with a stale list.
+            with self._routes_lock:
+                targets = tuple(f for f in self._listeners if _wants(f, kind))
+                self._routes[kind] = targets
+        return targets
+
     def emit(self, kind: str, **data) -> None:
-        if self.listeners:
+        targets = self._routes.get(kind)
+        if targets is None:
+            targets = self.route(kind)
+        if targets:
+            # The tuple is a snapshot: a listener added or removed by a listener takes effect
+            # from the next event on.
             event = Event(kind, self.counter.insns, data)
-            for listener in list(self.listeners):
+            for listener in targets:
                 listener(event)
 
     # -- run control ---------------------------------------------------------------------------
@@ -341,7 +431,7 @@ class Machine:
         """Resume the guest at ``ip`` (Unicorn adds 2 after a syscall hook returns)."""
         if self._in_syscall_hook:
             ip -= 2
-        self.cpu.uc.reg_write(self.cpu.ip_reg, ip & self._word_mask)
+        self.cpu.write_plain(self.cpu.ip_reg, ip & self._word_mask)
 
     def owns_frame(self, mfn: int) -> bool:
         return self.memory.is_valid_mfn(mfn) and int(self.memory.owner[mfn]) == self.domain.domid
@@ -360,14 +450,14 @@ class Machine:
         if not self.is64:
             return
         v = self.vcpu
-        uc = self.cpu.uc
-        uc.reg_write(U.UC_X86_REG_FS_BASE, v.fs_base)
-        uc.reg_write(U.UC_X86_REG_GS_BASE, v.gs_base_kernel if v.kernel_mode else v.gs_base_user)
+        write = self.cpu.write_plain
+        write(U.UC_X86_REG_FS_BASE, v.fs_base)
+        write(U.UC_X86_REG_GS_BASE, v.gs_base_kernel if v.kernel_mode else v.gs_base_user)
 
     def set_fpu_ts(self, on: bool) -> None:
         self.vcpu.fpu_ts = on
-        cr0 = self.cpu.uc.reg_read(U.UC_X86_REG_CR0)
-        self.cpu.uc.reg_write(U.UC_X86_REG_CR0, cr0 | CR0_TS if on else cr0 & ~CR0_TS)
+        cr0 = self.cpu.read_plain(U.UC_X86_REG_CR0)
+        self.cpu.write_plain(U.UC_X86_REG_CR0, cr0 | CR0_TS if on else cr0 & ~CR0_TS)
 
     # -- backends ------------------------------------------------------------------------------
     def _console_output(self, source: str, data: bytes) -> None:
@@ -407,9 +497,10 @@ class Machine:
             return
         if X.CALLBACKTYPE_event not in vcpu.callbacks:
             return
-        ip = self.cpu.ip
+        listened = self.route("upcall")
+        ip = self.cpu.ip if listened else 0          # before the bounce moves it (for the event)
         bounce = self.traps.upcall(vcpu)
-        if bounce is not None:
+        if bounce is not None and listened:
             self.emit("upcall", ip=ip, target=bounce.target,
                       pending=self.evtchn.delivery.pending_ports())
 
@@ -469,7 +560,7 @@ class Machine:
             if not self.vcpu.kernel_mode:
                 self._user_syscall()
                 return
-            vals = self.cpu.hcall.read()
+            vals = self._read_hcall()
             self.hypercall(vals[0], vals[1:7], vals[7])
         except Exception:                          # noqa: BLE001 - never unwind into Unicorn
             self._internal_error("the hypercall path")
@@ -484,28 +575,29 @@ class Machine:
         switches to kernel mode and bounces to the syscall callback (the 32-bit one for a compat
         code segment), masking events if the callback was registered with CALLBACKF_mask_events.
         """
-        uc = self.cpu.uc
+        read, write = self.cpu.read_plain, self.cpu.write_plain
         vcpu = self.vcpu
-        ip = uc.reg_read(U.UC_X86_REG_RIP) + 2
-        uc.reg_write(U.UC_X86_REG_RCX, ip)
-        uc.reg_write(U.UC_X86_REG_R11, uc.reg_read(U.UC_X86_REG_RFLAGS))
-        uc.reg_write(U.UC_X86_REG_RIP, ip)
-        compat = uc.reg_read(U.UC_X86_REG_CS) & 0xFFFF == self.abi.user_cs32
+        ip = read(U.UC_X86_REG_RIP) + 2
+        write(U.UC_X86_REG_RCX, ip)
+        write(U.UC_X86_REG_R11, read(U.UC_X86_REG_RFLAGS))
+        write(U.UC_X86_REG_RIP, ip)
+        compat = read(U.UC_X86_REG_CS) & 0xFFFF == self.abi.user_cs32
         cb = vcpu.callbacks.get(X.CALLBACKTYPE_syscall32 if compat else X.CALLBACKTYPE_syscall)
         if compat and (cb is None or cb.address == 0):
             cb = vcpu.callbacks.get(X.CALLBACKTYPE_syscall)
         if cb is None or cb.address == 0:
             # Xen injects #GP at the syscall when there is no callback.
-            uc.reg_write(U.UC_X86_REG_RIP, ip - 2)
+            write(U.UC_X86_REG_RIP, ip - 2)
             self._trap_event(13, 0)
             self.traps.exception(vcpu, 13, 0)
             return
-        self.emit("syscall", ip=ip - 2, nr=uc.reg_read(U.UC_X86_REG_RAX))
+        if self.route("syscall"):
+            self.emit("syscall", ip=ip - 2, nr=read(U.UC_X86_REG_RAX))
         bounce = self.traps.bounce(vcpu, cb.address, kind="syscall",
                                    interrupt=bool(cb.flags & X.CALLBACKF_mask_events))
         if bounce is not None:
-            flags = uc.reg_read(U.UC_X86_REG_RFLAGS)
-            uc.reg_write(U.UC_X86_REG_RFLAGS, flags & ~(1 << 10))     # DF cleared on entry
+            flags = read(U.UC_X86_REG_RFLAGS)
+            write(U.UC_X86_REG_RFLAGS, flags & ~(1 << 10))     # DF cleared on entry
         self.check_events()
 
     def hypercall(self, nr: int, args: list[int], ip: int) -> None:
@@ -521,43 +613,63 @@ class Machine:
             self.request_stop("hypercall-entry")
             return
         if result is not NO_RESULT:
-            self.cpu.uc.reg_write(self.cpu.ax_reg, result & self._word_mask)
+            self._write_ax(result & self._word_mask)
         self.clock.check_timers()           # the timer softirq, on the way back to the guest
-        self.check_events()
+        # check_events() does nothing without evtchn_upcall_pending: test that byte here first,
+        # as nearly every call returns with nothing pending.
+        if self.memory.view[self.vcpu.vcpu_info_ma]:
+            self.check_events()
 
     def dispatch(self, nr: int, args: list[int], ip: int, multicall: int | None = None):
         """Look ``nr`` up in the table and run its handler; return its result (or NO_RESULT).
 
         ``multicall`` is the entry index when called from a multicall batch (for the trace).
         """
-        nr &= self._word_mask
+        # The hot path of every guest: one table lookup gives the row resolved for this ABI
+        # (hypercalls.HypercallRow), and an event is built only when a listener takes its kind.
+        mask = self._word_mask
+        nr &= mask
         d = hypercalls.BY_NR.get(nr) if nr < hypercalls.NR_HYPERCALLS else None
-        handler = d.handler_for(self.abi.bits) if d is not None else None
-        name = d.name if d is not None else hypercalls.name_of(nr)
-        nargs = len(d.args_for(self.abi.bits)) if d is not None else 0
-        args = [a & self._word_mask for a in args[:nargs]]
-        if self.listeners:
+        name, handler, nargs, arg_names = (d.rows[self._bits] if d is not None
+                                           else hypercalls.row_of(nr, self._bits))
+        args = [a & mask for a in args[:nargs]]
+        routes = self._routes
+        targets = routes.get("hypercall_entry")
+        if targets is None:
+            targets = self.route("hypercall_entry")
+        if targets:
             # Entry, before anything happens: a debugger may ask to stop here (see stop_before_
             # hypercall); only a top-level call can be deferred, not an entry of a batch.
             self._defer_hypercall = False
-            self.emit("hypercall_entry", nr=nr, name=name, args=args, ip=ip, multicall=multicall,
-                      arg_names=d.args_for(self.abi.bits) if d else ())
+            event = Event("hypercall_entry", self.counter.insns,
+                          {"nr": nr, "name": name, "args": args, "ip": ip, "multicall": multicall,
+                           "arg_names": arg_names})
+            for listener in targets:
+                listener(event)
             if self._defer_hypercall and multicall is None:
                 self._defer_hypercall = False
                 return DEFERRED
+        stats = self.stats
         if handler is None:
             result = -ENOSYS
-            self.stats.unimplemented[name] += 1
+            stats.unimplemented[name] += 1
         else:
             result = handler(self, *args)
-        self.stats.calls[name] += 1
+        stats.calls[name] += 1
         if isinstance(result, int) and -4096 < result < 0:
-            self.stats.errors[name] += 1
-        if self.listeners:
+            stats.errors[name] += 1
+        targets = routes.get("hypercall")        # again: a listener may have changed the set
+        if targets is None:
+            targets = self.route("hypercall")
+        if targets:
             shown = None if result is NO_RESULT else result
-            self.emit("hypercall", nr=nr, name=name, args=args, ip=ip, result=shown,
-                      error=errno_name(shown) if shown is not None and -4096 < shown < 0 else None,
-                      arg_names=d.args_for(self.abi.bits) if d else (), multicall=multicall)
+            event = Event("hypercall", self.counter.insns,
+                          {"nr": nr, "name": name, "args": args, "ip": ip, "result": shown,
+                           "error": (errno_name(shown) if shown is not None and -4096 < shown < 0
+                                     else None),
+                           "arg_names": arg_names, "multicall": multicall})
+            for listener in targets:
+                listener(event)
         return result
 
     # -- hooks: exceptions -----------------------------------------------------------------------
@@ -573,11 +685,11 @@ class Machine:
     def _intr(self, intno: int, error_code: int) -> None:
         vcpu = self.vcpu
         if intno == 0x82 and not self.is64:
-            if self.cpu.cpl() != 1:
-                self.set_guest_ip(self.cpu.ip - 2)
+            vals = self._read_hcall_cs()      # the hypercall registers, then CS
+            if vals[9] & 3 != 1:
+                self.set_guest_ip(vals[7] - 2)
                 self.traps.exception(vcpu, 13, (0x82 << 3) | 2)
                 return
-            vals = self.cpu.hcall.read()
             self.hypercall(vals[0], vals[1:7], vals[7])
             return
         if intno == 14:
@@ -606,7 +718,7 @@ class Machine:
         self.traps.software_interrupt(vcpu, intno)
 
     def _trap_event(self, vector: int, error_code: int | None) -> None:
-        if self.listeners:
+        if self.route("trap"):
             self.emit("trap", vector=vector, error_code=error_code, ip=self.cpu.ip,
                       cr2=self.vcpu.cr2 if vector == 14 else None)
 

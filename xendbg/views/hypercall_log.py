@@ -41,50 +41,87 @@ class CallFilter:
 
 
 class HypercallTable(LineTable):
+    """The log's table. Calls arrive as the machine's events (:class:`HypercallsTraced`); they
+    become records and go through the filter only when the table is looked at (drawn, counted,
+    filtered), so a log on a hidden tab costs the UI thread a list append per batch."""
+
     columns = (("#", 7), ("insns", 11), ("call", 22), ("arguments", 58), ("result", 14))
 
     def __init__(self, **kw) -> None:
         super().__init__(**kw)
-        self.records: deque[HypercallRecord] = deque(maxlen=KEEP)
-        self.shown: list[HypercallRecord] = []
+        self._records: deque[HypercallRecord] = deque(maxlen=KEEP)
+        self._shown: list[HypercallRecord] = []
+        self._pending: deque[tuple[int, tuple]] = deque()    # (first seq, events) not yet kept
+        self._pending_count = 0
         self.filter = CallFilter()
         self.dropped = 0
         self.errors_shown = 0
         self.follow = True
         self._stale_at_end: bool | None = None    # records wait to be drawn (see add)
 
+    @property
+    def records(self) -> deque[HypercallRecord]:
+        """The calls kept (the last :data:`KEEP`), oldest first."""
+        self._take_pending()
+        return self._records
+
+    @property
+    def shown(self) -> list[HypercallRecord]:
+        """The kept calls that pass the filter: the table's rows."""
+        self._take_pending()
+        return self._shown
+
     def row_count(self) -> int:
         return len(self.shown)
 
     def row_cells(self, row: int) -> list[Cell]:
         r = self.shown[row]
-        style = "line-table--error" if r.error is not None else None
-        name = r.name if r.multicall is None else f"  [{r.multicall}] {r.name}"
+        error = r.error
+        style = "line-table--error" if error is not None else None
+        multicall = r.multicall
+        name = r.name if multicall is None else f"  [{multicall}] {r.name}"
         args = ", ".join(f"{k}={v:#x}" for k, v in r.args)
         return [(str(r.seq), "line-table--dim"), (str(r.insns), "line-table--dim"), (name, style),
                 (args, None), (result_text(r.result), style)]
 
-    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0,
-            draw: bool = True) -> None:
-        """Add records; with ``draw=False`` (the log is not on screen) they are only kept, and
-        drawn by :meth:`redraw` — a hidden widget asking for a repaint makes Textual rebuild its
-        whole map of the screen, several times a second while the guest runs."""
+    def add(self, events: tuple, first_seq: int, dropped: int = 0, draw: bool = True) -> None:
+        """Add the machine's ``hypercall`` events, numbered from ``first_seq``; with
+        ``draw=False`` (the log is not on screen) they are only kept, and drawn by
+        :meth:`redraw` — a hidden widget asking for a repaint makes Textual rebuild its whole map
+        of the screen, several times a second while the guest runs."""
         self.dropped += dropped
-        at_end = not self.shown or self.cursor >= len(self.shown) - 1
-        if self._stale_at_end is not None:
-            at_end = self._stale_at_end
-        self.records.extend(records)
-        new = [r for r in records if self.filter(r)]
-        self.shown.extend(new)
-        self.errors_shown += sum(1 for r in new if r.error is not None)
-        if len(self.shown) > KEEP:
-            cut = len(self.shown) - KEEP
-            self.errors_shown -= sum(1 for r in self.shown[:cut] if r.error is not None)
-            del self.shown[:cut]
-            self.set_reactive(HypercallTable.cursor, max(0, self.cursor - cut))
-        self._stale_at_end = at_end
+        if self._stale_at_end is None:          # the first batch since the table was drawn
+            shown = self.shown
+            self._stale_at_end = not shown or self.cursor >= len(shown) - 1
+        if events:
+            self._pending.append((first_seq, events))
+            self._pending_count += len(events)
+            # Only the last KEEP are kept: older batches need never become records.
+            while self._pending_count - len(self._pending[0][1]) >= KEEP:
+                self._pending_count -= len(self._pending.popleft()[1])
         if draw:
             self.redraw()
+
+    def _take_pending(self) -> None:
+        """Make records of the events that arrived since, and filter them."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_count = self._pending, deque(), 0
+        keep, shown, accept = self._records, self._shown, self.filter
+        errors = 0
+        for first, events in pending:
+            for i, e in enumerate(events):
+                r = HypercallRecord(first + i, e)
+                keep.append(r)
+                if accept(r):
+                    shown.append(r)
+                    errors += r.error is not None
+        self.errors_shown += errors
+        if len(shown) > KEEP:
+            cut = len(shown) - KEEP
+            self.errors_shown -= sum(1 for r in shown[:cut] if r.error is not None)
+            del shown[:cut]
+            self.set_reactive(HypercallTable.cursor, max(0, self.cursor - cut))
 
     def redraw(self) -> None:
         """Draw what :meth:`add` kept (nothing to do if it drew it already)."""
@@ -96,13 +133,14 @@ class HypercallTable(LineTable):
             self.move_cursor(len(self.shown) - 1)
 
     def set_filter(self, text: str) -> None:
+        self._take_pending()
         self._stale_at_end = None
         self.filter = CallFilter(text)
-        self.shown = [r for r in self.records if self.filter(r)]
-        self.errors_shown = sum(1 for r in self.shown if r.error is not None)
+        self._shown = [r for r in self._records if self.filter(r)]
+        self.errors_shown = sum(1 for r in self._shown if r.error is not None)
         self.rows_changed()
-        if self.shown:
-            self.move_cursor(len(self.shown) - 1)
+        if self._shown:
+            self.move_cursor(len(self._shown) - 1)
 
 
 class HypercallLogView(Vertical):
@@ -112,10 +150,10 @@ class HypercallLogView(Vertical):
         yield TextLine("", id="hypercall-summary")
         yield HypercallTable(id="hypercall-table")
 
-    def add(self, records: tuple[HypercallRecord, ...], dropped: int = 0,
-            draw: bool = True) -> None:
-        """Add records; ``draw=False`` while the log is not on screen (see :meth:`redraw`)."""
-        self.query_one(HypercallTable).add(records, dropped, draw)
+    def add(self, events: tuple, first_seq: int, dropped: int = 0, draw: bool = True) -> None:
+        """Add calls (see :meth:`HypercallTable.add`); ``draw=False`` while the log is not on
+        screen (see :meth:`redraw`)."""
+        self.query_one(HypercallTable).add(events, first_seq, dropped, draw)
         if draw:
             self._summary()
 

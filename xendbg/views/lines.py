@@ -34,15 +34,30 @@ Cell = tuple[str, str | None]        # text, and a component class name for its 
 
 def set_virtual_size(view: ScrollView, size: Size) -> None:
     """Resize a scroll view's content without a layout pass: update the scrollbars (a layout
-    happens only if one of them appears or disappears) and repaint the view."""
+    happens only if one of them appears or disappears) and repaint the view.
+
+    As Textual's own update (``Widget._scroll_update``), but a scrollbar is repainted only when
+    its size or window changes (they are reactive): a view whose height changes leaves its
+    horizontal bar alone, and a bar costs as much to draw as a panel's worth of lines."""
     if size == view.virtual_size:
         return
-    scroll_update = getattr(view, "_scroll_update", None)   # Textual's own (private) scrollbar
-    if scroll_update is None:                               # update; without it, a layout pass
+    refresh_bars = getattr(view, "_refresh_scrollbars", None)   # private: without it, a layout
+    if refresh_bars is None:
         view.virtual_size = size
         return
     view.set_reactive(Widget.virtual_size, size)
-    scroll_update(size)
+    refresh_bars()
+    width, height = view.container_size
+    if view.show_vertical_scrollbar and view.styles.scrollbar_size_vertical:
+        bar = view.vertical_scrollbar
+        bar.window_virtual_size = size.height
+        bar.window_size = height - view.scrollbar_size_horizontal
+    if view.show_horizontal_scrollbar and view.styles.scrollbar_size_horizontal:
+        bar = view.horizontal_scrollbar
+        bar.window_virtual_size = size.width
+        bar.window_size = width - view.scrollbar_size_vertical
+    view.scroll_x = view.validate_scroll_x(view.scroll_x)
+    view.scroll_y = view.validate_scroll_y(view.scroll_y)
     view.refresh()
 
 

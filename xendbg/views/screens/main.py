@@ -282,7 +282,7 @@ class MainScreen(Screen):
                                                 draw=self._bottom_tab() == "tab-console")
 
     def on_hypercalls_traced(self, message: HypercallsTraced) -> None:
-        self.query_one(HypercallLogView).add(message.records, message.dropped,
+        self.query_one(HypercallLogView).add(message.events, message.first_seq, message.dropped,
                                              draw=self._bottom_tab() == "tab-hypercalls")
 
     def _bottom_tab(self) -> str:
