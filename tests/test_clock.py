@@ -529,3 +529,28 @@ def test_table_rows(m):
     assert hypercalls.BY_NR[15].handler_for(m.abi.bits) is not None
     assert hypercalls.BY_NR[24].handler is vcpu_op.do_vcpu_op
     assert hypercalls.BY_NR[15].args_for(32) == ("timeout_lo", "timeout_hi")
+
+
+@pytest.mark.parametrize("khz, per_insn", [(2_000_000, 2), (2_500_000, 7), (3_000_000, 3)])
+def test_the_quiet_range_shortcut_fires_exactly_when_now_reaches_the_deadline(lab_machine, khz,
+                                                                               per_insn):
+    """check_timers skips NOW() inside a cached range of instruction counts; at every count, the
+    edges of that range included and the counter set back below it, a timer fires exactly when
+    NOW() has reached the earliest deadline."""
+    m = lab_machine("hello-pv64")
+    m.clock.configure(ClockConfig(tsc_khz=khz, tsc_per_insn=per_insn))
+    clock = m.clock
+    probes, outcomes = [], set()
+    for k in (1, 2, 3):
+        clock._earliest()
+        edge = clock._quiet_hi                      # the first count outside the quiet range
+        probes += [edge - 2, edge - 1, edge, edge + 1, max(edge - 10**6, 0)]
+        for insns in probes[-5:]:
+            m.counter.insns = insns
+            earliest = clock._earliest()
+            due = earliest is not None and earliest <= clock.now_ns()
+            fired = sum(t.fired for t in clock.pending_timers())
+            clock.check_timers()
+            assert (sum(t.fired for t in clock.pending_timers()) > fired) == due, (k, insns)
+            outcomes.add(due)
+    assert outcomes == {True, False}, "both sides of the edge were probed"

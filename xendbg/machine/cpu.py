@@ -76,6 +76,13 @@ HCALL64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RD
 HCALL32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
            X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP, X.UC_X86_REG_EIP, X.UC_X86_REG_ESP)
 
+# What a bounce frame saves (traps.py), read in one batch: 64-bit in this order (the syscall
+# upcall path needs RCX and R11 too), 32-bit the same without them.
+BOUNCE64 = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_RCX,
+            X.UC_X86_REG_R11, X.UC_X86_REG_CS, X.UC_X86_REG_SS)
+BOUNCE32 = (X.UC_X86_REG_EIP, X.UC_X86_REG_ESP, X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CS,
+            X.UC_X86_REG_SS)
+
 _UC_CONTEXT_HEADER = 40           # bytes before CPUX86State in a uc_context (UNICORN.md §3)
 _OLD_EXCEPTION_FROM_ERROR_CODE = 112
 _MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -141,6 +148,8 @@ class Cpu:
         # caller's privilege from it. Read-only (``hcall`` is the one to write).
         self.hcall_cs = RegBatch(self.uc, (HCALL64 if self.is64 else HCALL32) + (X.UC_X86_REG_CS,))
         self._uch = self.uc._uch
+        # Read-only, like ``hcall_cs``: the registers a bounce frame saves (``BOUNCE64``/``32``).
+        self.bounce_regs = RegBatch(self.uc, BOUNCE64 if self.is64 else BOUNCE32)
         self.all_regs = RegBatch(self.uc, REGS64 if self.is64 else REGS32)
         self.reg_names = NAMES64 if self.is64 else NAMES32
         self.ip_reg = X.UC_X86_REG_RIP if self.is64 else X.UC_X86_REG_EIP

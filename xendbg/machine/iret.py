@@ -135,10 +135,10 @@ def do_iret(m) -> object:
 
 
 def _iret64(m) -> object:
-    uc = m.cpu.uc
+    read, write = m.cpu.read_plain, m.cpu.write_plain
     vcpu = m.vcpu
-    at = m.cpu.ip
-    rsp = uc.reg_read(U.UC_X86_REG_RSP)
+    at = read(U.UC_X86_REG_RIP)
+    rsp = read(U.UC_X86_REG_RSP)
     raw = m.guest.read(rsp, 72)
     if raw is None:
         m.crash(f"iret: cannot read the iret frame at {rsp:#x}")
@@ -163,10 +163,10 @@ def _iret64(m) -> object:
         if cs != m.abi.user_cs32:
             cs, ss = m.abi.user_cs, m.abi.user_ss
     elif flags & X.VGCF_in_syscall:
-        rcx, r11 = uc.reg_read(U.UC_X86_REG_RCX), uc.reg_read(U.UC_X86_REG_R11)
-    uc.reg_write(U.UC_X86_REG_RAX, rax)
-    uc.reg_write(U.UC_X86_REG_R11, r11)
-    uc.reg_write(U.UC_X86_REG_RCX, rcx)
+        rcx, r11 = read(U.UC_X86_REG_RCX), read(U.UC_X86_REG_R11)
+    write(U.UC_X86_REG_RAX, rax)
+    write(U.UC_X86_REG_R11, r11)
+    write(U.UC_X86_REG_RCX, rcx)
     m.traps.set_upcall_mask(vcpu, 0 if rflags & RFLAGS_IF else 1)
     why = None if sysret else selector_fault(m, cs, ss, rip)
     if why is not None:
@@ -180,19 +180,19 @@ def _iret64(m) -> object:
             m.crash(f"iret to CS:SS {cs:#x}:{ss:#x}: a 32-bit (compat) user code segment; "
                     "compat user mode is not implemented in xendbg")
             return NO_RESULT
-        uc.reg_write(U.UC_X86_REG_CS, cs)
-        uc.reg_write(U.UC_X86_REG_SS, ss)
-    uc.reg_write(U.UC_X86_REG_RFLAGS, new_flags)
-    uc.reg_write(U.UC_X86_REG_RSP, new_rsp)
+        write(U.UC_X86_REG_CS, cs)
+        write(U.UC_X86_REG_SS, ss)
+    write(U.UC_X86_REG_RFLAGS, new_flags)
+    write(U.UC_X86_REG_RSP, new_rsp)
     m.set_guest_ip(rip)
     return NO_RESULT
 
 
 def _iret32(m) -> object:
-    uc = m.cpu.uc
+    read, write = m.cpu.read_plain, m.cpu.write_plain
     vcpu = m.vcpu
-    at = m.cpu.ip
-    esp = uc.reg_read(U.UC_X86_REG_ESP)
+    at = read(U.UC_X86_REG_EIP)
+    esp = read(U.UC_X86_REG_ESP)
     raw = m.guest.read(esp, 16)
     if raw is None:
         m.crash(f"iret: cannot read the iret frame at {esp:#x}")
@@ -211,7 +211,7 @@ def _iret32(m) -> object:
         m.crash(f"iret to ring 0 (CS {cs:#x}): Xen crashes a PV guest that asks for it")
         return NO_RESULT
     if ring == 1:
-        ss = uc.reg_read(U.UC_X86_REG_SS) & 0xFFFF
+        ss = read(U.UC_X86_REG_SS) & 0xFFFF
         new_esp = (esp + 16) & 0xFFFFFFFF
         checked_ss = None                  # ring 1 keeps the current stack segment
     else:
@@ -222,7 +222,7 @@ def _iret32(m) -> object:
         new_esp, ss = struct.unpack("<II", tail)
         ss &= 0xFFFF
         checked_ss = ss
-    uc.reg_write(U.UC_X86_REG_EAX, eax)
+    write(U.UC_X86_REG_EAX, eax)
     m.traps.set_upcall_mask(vcpu, 0 if eflags & RFLAGS_IF else 1)
     why = selector_fault(m, cs, checked_ss, eip)
     if why is not None:
@@ -231,7 +231,7 @@ def _iret32(m) -> object:
         m.crash(f"iret to CS {cs:#x}: xendbg returns 32-bit guests to the ring-1 kernel "
                 "selector only (ring 3 is not implemented)")
         return NO_RESULT
-    uc.reg_write(U.UC_X86_REG_EFLAGS, new_flags)
-    uc.reg_write(U.UC_X86_REG_ESP, new_esp)
+    write(U.UC_X86_REG_EFLAGS, new_flags)
+    write(U.UC_X86_REG_ESP, new_esp)
     m.set_guest_ip(eip)
     return NO_RESULT

@@ -131,13 +131,8 @@ class TrapBouncer:
                   error_code: int | None, interrupt: bool, frame: GuestFrame | None = None,
                   selectors: tuple[int, int, int, int] | None = None) -> Bounce | None:
         m = self.m
-        uc = m.cpu.uc
         if frame is None:
-            rip, rsp, rflags, rcx, r11, cs, ss = (
-                uc.reg_read(U.UC_X86_REG_RIP), uc.reg_read(U.UC_X86_REG_RSP),
-                uc.reg_read(U.UC_X86_REG_RFLAGS), uc.reg_read(U.UC_X86_REG_RCX),
-                uc.reg_read(U.UC_X86_REG_R11), uc.reg_read(U.UC_X86_REG_CS),
-                uc.reg_read(U.UC_X86_REG_SS))
+            rip, rsp, rflags, rcx, r11, cs, ss = m.cpu.bounce_regs.read()
         else:
             rip, rsp, rflags, rcx, r11, cs, ss = (frame.ip, frame.sp, frame.flags, frame.rcx,
                                                   frame.r11, frame.cs, frame.ss)
@@ -169,8 +164,9 @@ class TrapBouncer:
         if not m.guest.write(sp, struct.pack(f"<{len(words)}Q", *words)):
             m.crash(f"fault while writing the bounce frame for {kind} at {sp:#x}")
             return None
-        uc.reg_write(U.UC_X86_REG_RSP, sp)
-        uc.reg_write(U.UC_X86_REG_RFLAGS, rflags & ~RFLAGS_CLEARED_ON_TRAP)
+        write = m.cpu.write_plain
+        write(U.UC_X86_REG_RSP, sp)
+        write(U.UC_X86_REG_RFLAGS, rflags & ~RFLAGS_CLEARED_ON_TRAP)
         m.set_guest_ip(target)
         return Bounce(kind, vector, target, error_code, sp, from_user)
 
@@ -178,12 +174,11 @@ class TrapBouncer:
                   error_code: int | None, interrupt: bool, frame: GuestFrame | None = None,
                   selectors: tuple[int, int, int, int] | None = None) -> Bounce | None:
         m = self.m
-        uc = m.cpu.uc
-        cpu_cs = uc.reg_read(U.UC_X86_REG_CS)
+        write = m.cpu.write_plain
+        # One batch for the CPU's state: CS is needed whatever ``frame`` says, SS below.
+        cpu_eip, cpu_esp, cpu_eflags, cpu_cs, cpu_ss = m.cpu.bounce_regs.read()
         if frame is None:
-            eip, esp, eflags, cs, ss = (
-                uc.reg_read(U.UC_X86_REG_EIP), uc.reg_read(U.UC_X86_REG_ESP),
-                uc.reg_read(U.UC_X86_REG_EFLAGS), cpu_cs, uc.reg_read(U.UC_X86_REG_SS))
+            eip, esp, eflags, cs, ss = cpu_eip, cpu_esp, cpu_eflags, cpu_cs, cpu_ss
         else:
             eip, esp, eflags, cs, ss = frame.ip, frame.sp, frame.flags, frame.cs, frame.ss
         if cpu_cs & 3 != 1:
@@ -224,17 +219,17 @@ class TrapBouncer:
             m.crash(f"{kind} handler uses code selector {target_cs:#x}; xendbg supports only "
                     f"the flat kernel selector {self.abi.kernel_cs:#x}")
             return None
-        if frame_ss & 0xFFFF != uc.reg_read(U.UC_X86_REG_SS) & 0xFFFF:
+        if frame_ss & 0xFFFF != cpu_ss & 0xFFFF:         # nothing above wrote SS
             try:
-                uc.reg_write(U.UC_X86_REG_SS, frame_ss & 0xFFFF)
+                write(U.UC_X86_REG_SS, frame_ss & 0xFFFF)
             except UcError as e:
                 # The checks above mirror the CPU's; should they miss a case, the load faults in
                 # Unicorn, and on Xen that fault is a domain crash too, never a debugger error.
                 m.crash(f"cannot deliver {kind}: loading stack selector {frame_ss & 0xFFFF:#x} "
                         f"faulted ({e})")
                 return None
-        uc.reg_write(U.UC_X86_REG_ESP, sp)
-        uc.reg_write(U.UC_X86_REG_EFLAGS, eflags & ~RFLAGS_CLEARED_ON_TRAP)
+        write(U.UC_X86_REG_ESP, sp)
+        write(U.UC_X86_REG_EFLAGS, eflags & ~RFLAGS_CLEARED_ON_TRAP)
         m.set_guest_ip(target)
         return Bounce(kind, vector, target, error_code, sp, outer)
 
@@ -278,9 +273,9 @@ class TrapBouncer:
             self.m.crash("return to the guest faulted and its failsafe callback has a null "
                          "code selector")
             return None
-        uc = self.m.cpu.uc
-        selectors = tuple(uc.reg_read(r) & 0xFFFF for r in (U.UC_X86_REG_DS, U.UC_X86_REG_ES,
-                                                             U.UC_X86_REG_FS, U.UC_X86_REG_GS))
+        read = self.m.cpu.read_plain
+        selectors = tuple(read(r) & 0xFFFF for r in (U.UC_X86_REG_DS, U.UC_X86_REG_ES,
+                                                     U.UC_X86_REG_FS, U.UC_X86_REG_GS))
         return self.bounce(vcpu, cb.address, kind="failsafe",
                            interrupt=bool(cb.flags & X.CALLBACKF_mask_events), target_cs=cb.cs,
                            frame=frame, failsafe_selectors=selectors)
@@ -294,10 +289,8 @@ class TrapBouncer:
             # On the way out of a 64-bit hypercall the CPU's RIP is still at the syscall (Unicorn
             # adds its length when the hook returns): the guest resumes, and the frame saves,
             # the instruction after it.
-            uc = self.m.cpu.uc
-            frame = GuestFrame(self.m.cpu.ip + 2, uc.reg_read(U.UC_X86_REG_CS),
-                               uc.reg_read(U.UC_X86_REG_RFLAGS), uc.reg_read(U.UC_X86_REG_RSP),
-                               uc.reg_read(U.UC_X86_REG_SS), uc.reg_read(U.UC_X86_REG_RCX),
-                               uc.reg_read(U.UC_X86_REG_R11))
+            # (64-bit only: a 32-bit guest calls Xen with int $0x82, never syscall.)
+            rip, rsp, rflags, rcx, r11, cs, ss = self.m.cpu.bounce_regs.read()
+            frame = GuestFrame(rip + 2, cs, rflags, rsp, ss, rcx, r11)
         return self.bounce(vcpu, cb.address, kind="upcall", interrupt=True, target_cs=cb.cs,
                            frame=frame)

@@ -166,6 +166,7 @@ class Clock:
     @idle_tsc.setter
     def idle_tsc(self, value: int) -> None:
         self._idle_tsc = value
+        self._due_valid = False          # the cached instruction counts assume the old offset
         if self._tsc_hook is not None:
             self._tsc_hook.idle_tsc = value
 
@@ -190,6 +191,8 @@ class Clock:
                 vt.periodic.deadline = vt.periodic.last_event + vt.periodic.period
         self._due: int | None = None           # cached next_deadline()
         self._earliest_ns: int | None = None   # and the deadline (ns) it is for
+        # check_timers' shortcut: while ``_quiet_lo <= insns < _quiet_hi`` no armed timer is due.
+        self._quiet_lo = self._quiet_hi = 0
         self._due_valid = False
         wc_sec, wc_nsec = divmod(config.wallclock_ns, NSEC_PER_SEC)
         write_wallclock(self.m.memory.view, self.m.domain.shared_info_mfn << PAGE_SHIFT,
@@ -248,13 +251,30 @@ class Clock:
             armed = [t.deadline for t in self._all_timers() if t.deadline is not None]
             self._earliest_ns = min(armed) if armed else None
             self._due = None
+            # No timer: never due (the counter is a uint64). Not reachable in this stamp's range:
+            # an empty range, so that check_timers asks now_ns() as before.
+            self._quiet_lo, self._quiet_hi = (0, 1 << 64) if not armed else (0, 0)
             if self._earliest_ns is not None:
                 tsc = self.tsc_at(self._earliest_ns)
                 if tsc is not None:
                     insns = -(-max(tsc - self._idle_tsc, 0) // self.tsc_per_insn)   # ceil
                     self._due = max(insns, 1)      # 0 would mean "no budget" to the counter
+                    self._quiet_range(tsc)
             self._due_valid = True
         return self._earliest_ns
+
+    def _quiet_range(self, due_tsc: int) -> None:
+        """The instruction counts for which ``NOW()`` is below the earliest deadline.
+
+        ``tsc_at`` is the first TSC at which ``NOW()`` reaches the deadline, and ``NOW()`` only
+        grows with the TSC from the stamp up to there, so every TSC in ``[stamp_tsc, due_tsc)`` is
+        before the deadline. In instructions (``tsc = insns * per_insn + idle``; ceilings, exact
+        for negative numerators too): ``lo <= insns < hi``. Below the stamp (the counter set back)
+        the range does not apply and check_timers computes ``NOW()``.
+        """
+        per, idle = self.tsc_per_insn, self._idle_tsc
+        self._quiet_lo = -((idle - self.stamp_tsc) // per)
+        self._quiet_hi = -((idle - due_tsc) // per)
 
     def next_deadline(self) -> int | None:
         """The instruction count at which the earliest armed timer is due, or None."""
@@ -266,7 +286,13 @@ class Clock:
         self.fire_due()
 
     def check_timers(self) -> None:
-        """On the way out of a hypercall (Xen's softirq check): fire timers that are due."""
+        """On the way out of a hypercall (Xen's softirq check): fire timers that are due.
+
+        Nearly always nothing is: one comparison of the instruction count with the cached range
+        in which nothing can be (:meth:`_quiet_range`) answers that without computing ``NOW()``.
+        """
+        if self._due_valid and self._quiet_lo <= self.m.counter.insns < self._quiet_hi:
+            return
         earliest = self._earliest()
         if earliest is not None and earliest <= self.now_ns():
             self.fire_due()
@@ -313,6 +339,7 @@ class Clock:
     def _calibrate(self, now: int) -> None:
         """``local_time_calibration`` with a constant TSC: a new stamp, the records follow."""
         self.stamp_tsc, self.stamp_ns = self.tsc(), now
+        self._invalidate()                       # the cached deadlines were for the old stamp
         self.calibration.deadline = now + self.config.epoch_ns
         for v in self.m.domain.vcpus:
             if self.vcpus[v.vcpu_id].running:
