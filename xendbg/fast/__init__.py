@@ -1,9 +1,26 @@
 """Hot paths with a compiled (Cython) implementation and a pure-Python twin.
 
-Each ``<name>.py`` selector imports ``_<name>_c`` when it was built and ``XENDBG_PURE_PYTHON`` is not
-set, else ``_<name>_py``. Docstrings live on the Python twin; one test suite runs against both.
+Each ``<name>.py`` selector takes its names from :func:`load_twin`: ``_<name>_c`` when it was built
+and ``XENDBG_PURE_PYTHON`` is not set, else ``_<name>_py``. Docstrings live on the Python twin; one
+test suite runs against both.
 """
 
+import importlib
 import os
+from types import ModuleType
 
 PURE_PYTHON = bool(os.environ.get("XENDBG_PURE_PYTHON"))
+
+
+def load_twin(name: str) -> tuple[ModuleType, str]:
+    """The implementation of ``name`` to use, and which it is (``"cython"`` or ``"python"``).
+
+    One place decides for every selector, so a selector cannot export a different set of names in
+    the compiled and the fallback case: each takes all of its ``__all__`` from the module returned.
+    """
+    if not PURE_PYTHON:
+        try:
+            return importlib.import_module(f"xendbg.fast._{name}_c"), "cython"
+        except ImportError:                   # not built here (no compiler): the twin serves
+            pass
+    return importlib.import_module(f"xendbg.fast._{name}_py"), "python"

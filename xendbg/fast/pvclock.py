@@ -2,9 +2,9 @@
 
 from typing import TYPE_CHECKING
 
-from xendbg.fast import PURE_PYTHON
+from xendbg.fast import load_twin
 
-if TYPE_CHECKING or PURE_PYTHON:
+if TYPE_CHECKING:                              # for type checkers: the twin's signatures
     from xendbg.fast._pvclock_py import (
         TscHook,
         pvclock_read,
@@ -13,27 +13,18 @@ if TYPE_CHECKING or PURE_PYTHON:
         set_time_scale,
         tsc_for_ns,
     )
-    IMPLEMENTATION = "python"
-else:
-    try:
-        from xendbg.fast._pvclock_c import (  # type: ignore[no-redef]
-            TscHook,
-            pvclock_read,
-            scale_delta,
-            scale_reciprocal,
-            set_time_scale,
-            tsc_for_ns,
-        )
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        from xendbg.fast._pvclock_py import (
-            pvclock_read,
-            scale_delta,
-            scale_reciprocal,
-            set_time_scale,
-            tsc_for_ns,
-        )
-        IMPLEMENTATION = "python"
 
-__all__ = ["TscHook", "scale_delta", "set_time_scale", "scale_reciprocal", "pvclock_read", "tsc_for_ns",
-           "IMPLEMENTATION"]
+__all__ = [
+    "TscHook",
+    "scale_delta",
+    "set_time_scale",
+    "scale_reciprocal",
+    "pvclock_read",
+    "tsc_for_ns",
+    "IMPLEMENTATION",
+]
+
+# Every name comes from the one module load_twin chose: the compiled and the fallback case export
+# the same set by construction.
+_impl, IMPLEMENTATION = load_twin("pvclock")
+globals().update((_name, getattr(_impl, _name)) for _name in __all__[:-1])

@@ -2,9 +2,9 @@
 
 from typing import TYPE_CHECKING
 
-from xendbg.fast import PURE_PYTHON
+from xendbg.fast import load_twin
 
-if TYPE_CHECKING or PURE_PYTHON:
+if TYPE_CHECKING:                              # for type checkers: the twin's signatures
     from xendbg.fast._walk_py import (
         WALK_BAD_FRAME,
         WALK_NONCANONICAL,
@@ -12,26 +12,17 @@ if TYPE_CHECKING or PURE_PYTHON:
         WALK_OK,
         walk,
     )
-    IMPLEMENTATION = "python"
-else:
-    try:
-        from xendbg.fast._walk_c import (  # type: ignore[no-redef]
-            WALK_BAD_FRAME,
-            WALK_NONCANONICAL,
-            WALK_NOT_PRESENT,
-            WALK_OK,
-            walk,
-        )
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        from xendbg.fast._walk_py import (
-            WALK_BAD_FRAME,
-            WALK_NONCANONICAL,
-            WALK_NOT_PRESENT,
-            WALK_OK,
-            walk,
-        )
-        IMPLEMENTATION = "python"
 
-__all__ = ["walk", "WALK_OK", "WALK_NOT_PRESENT", "WALK_BAD_FRAME", "WALK_NONCANONICAL",
-           "IMPLEMENTATION"]
+__all__ = [
+    "walk",
+    "WALK_OK",
+    "WALK_NOT_PRESENT",
+    "WALK_BAD_FRAME",
+    "WALK_NONCANONICAL",
+    "IMPLEMENTATION",
+]
+
+# Every name comes from the one module load_twin chose: the compiled and the fallback case export
+# the same set by construction.
+_impl, IMPLEMENTATION = load_twin("walk")
+globals().update((_name, getattr(_impl, _name)) for _name in __all__[:-1])
