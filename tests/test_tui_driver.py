@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import ast
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tui_messages import MessageLog
 
 from xendbg.machine.snapshot import MachineSnapshot, snapshot
 from xendbg.messages import (
@@ -26,32 +26,14 @@ from xendbg.views.driver import Batch, Driver, Loaded
 VIEWS = Path(__file__).resolve().parents[1] / "xendbg" / "views"
 
 
-class Harness:
+class Harness(MessageLog):
     """A driver serving in a thread; ``messages`` collects what it posts."""
 
     def __init__(self, machine, symbols) -> None:
-        self.messages: list = []
+        super().__init__()
         self.driver = Driver(lambda: Loaded(machine, symbols, "test"), self.messages.append)
         self.thread = threading.Thread(target=self.driver.serve, daemon=True)
         self.thread.start()
-
-    def of(self, kind) -> list:
-        """The messages of type ``kind`` posted so far, those inside a :class:`Batch` too."""
-        flat = []
-        for m in list(self.messages):
-            flat.extend(m.messages if isinstance(m, Batch) else (m,))
-        return [m for m in flat if isinstance(m, kind)]
-
-    def wait(self, predicate, timeout: float = 60.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return
-            time.sleep(0.01)
-        raise AssertionError("timed out waiting for the driver")
-
-    def stops(self) -> list[SnapshotReady]:
-        return [m for m in self.of(SnapshotReady) if m.view.kind == "stop"]
 
     def close(self) -> None:
         self.driver.close()
@@ -267,12 +249,16 @@ def test_driver_address_requests(harness):
 # -- layering -----------------------------------------------------------------------------------------
 
 def test_only_the_driver_touches_the_machine_and_the_session():
-    """Panels render views; the screen talks to the driver; only the driver holds the machine."""
+    """Panels render views; the screen talks to the driver; only the driver holds the machine
+    (engine.py runs a driver in a process of its own; it rebuilds the machine's events)."""
     offenders = []
     for path in VIEWS.rglob("*.py"):
-        if path.name == "driver.py":
+        if path.name in ("driver.py", "engine.py"):
             continue
         tree = ast.parse(path.read_text())
+        for node in list(ast.walk(tree)):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                node.body = []                      # imports for annotations only
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module in (
                     "xendbg.machine.machine", "xendbg.debugger.session", "xendbg.runner"):

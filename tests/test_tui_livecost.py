@@ -106,3 +106,46 @@ async def _growing_rows() -> None:
         assert table.horizontal_scrollbar not in refreshed
         assert table.vertical_scrollbar.window_virtual_size == 81       # rows and the header
         assert table.max_scroll_y == 81 - table.scrollable_content_region.height
+
+
+def test_the_session_builds_entry_events_only_while_something_can_stop_on_them(lab_machine):
+    """Without a breakpoint or a hypercall step, nobody is given a hypercall's entry event (the
+    machine builds none); a breakpoint or step-hypercall routes them again, at once."""
+    from xendbg.debugger import Session, symbols_for_image
+    m = lab_machine("hello-pv64")
+    s = Session(m, symbols_for_image(m.image))
+    assert m.route("hypercall_entry") == () and m.route("hypercall") and m.route("console")
+    assert s.execute("step-hypercall").ok                       # a step needs the entries
+    assert s.at_entry is not None
+    assert s.execute("finish-hypercall").ok
+    assert m.route("hypercall_entry") == ()                     # done: not any more
+    assert s.execute("break hypercall sched_op").ok
+    assert m.route("hypercall_entry") and m.route("upcall")     # everything, for breakpoints
+    stop = s.execute("continue")
+    assert stop.ok and "sched_op" in stop.text
+    assert s.execute("delete 1").ok
+    assert m.route("hypercall_entry") == ()
+
+
+def test_the_driver_numbers_calls_from_the_machine_count_and_says_what_it_dropped(lab_machine,
+                                                                                    monkeypatch):
+    """The driver takes the machine's hypercall events straight into a bounded deque; the
+    sequence numbers and the dropped count come from the machine's own count of calls."""
+    from xendbg.debugger import symbols_for_image
+    from xendbg.views import driver as driver_module
+    from xendbg.views.driver import Driver, Loaded
+    monkeypatch.setattr(driver_module, "HYPERCALL_BUFFER", 8)
+    m = lab_machine("hello-pv64")
+    posted = []
+    d = Driver(lambda: Loaded(m, symbols_for_image(m.image), "t"), posted.append)
+    d._queue.put(("run_for", 10_000_000))
+    d.close = lambda: None
+    d._queue.put(driver_module._STOP)
+    d.serve()
+    flat = [x for p in posted for x in getattr(p, "messages", (p,))]
+    (traced,) = [x for x in flat if isinstance(x, HypercallsTraced)]
+    made = sum(m.stats.calls.values())
+    assert made > 8 and len(traced.events) == 8
+    assert traced.first_seq == made - 8 and traced.dropped == made - 8
+    assert [r.seq for r in traced.records] == list(range(made - 8, made))
+    assert all(e.kind == "hypercall" for e in traced.events)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import re
 
 from rich.console import Console
 
@@ -141,6 +142,28 @@ class TestRunControl:
             await pilot.press("f2")                                   # and remove
             await tui.wait(pilot, lambda: address not in screen.view.session.breakpoint_addresses)
 
+    async def test_the_command_line_options_reach_the_machine(self, tui):
+        """`xendbg KERNEL --tsc-khz --start-date --vcpus` as `xendbg run` takes them."""
+        from xendbg.app import XendbgApp, tui_options
+        from xendbg.cli import build_tui_parser
+        opts = tui_options(build_tui_parser().parse_args(
+            ["hello-pv64", "--memory", "16", "--tsc-khz", "3000000",
+             "--start-date", "2030-06-01"]))
+        app = XendbgApp(opts, show_speed=False)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await tui.loaded(pilot)
+            await type_command(pilot, "info timers")
+            screen = app.screen
+            await tui.wait(pilot, lambda: "kHz" in "\n".join(screen.command_output))
+            assert "TSC at 3000000 kHz" in "\n".join(screen.command_output)
+            assert "wallclock at boot 2030-06-01T00:00:00Z" in "\n".join(screen.command_output)
+        smp = tui_options(build_tui_parser().parse_args(["hello-pv64", "--vcpus", "2"]))
+        app = XendbgApp(smp, show_speed=False)
+        async with app.run_test(size=(160, 48)) as pilot:
+            status = app.screen.query_one(StatusBar)
+            await tui.wait(pilot, lambda: status.state == "failed")
+            assert "--vcpus 2" in status.reason
+
     async def test_a_guest_that_shuts_down_leaves_the_tui_up(self, tui):
         app = tui.app("hello-pv64", memory=16)
         async with app.run_test(size=(160, 48)) as pilot:
@@ -252,8 +275,15 @@ class TestPanels:
             console = screen.query_one("#console")
             console.focus()
             await pilot.press("h", "i", "enter")
-            machine = screen.driver.m
-            await tui.wait(pilot, lambda: bytes(machine.console.pending_input) == b"hi\r")
+            # The machine is in the engine's process: ask it, as a user would.
+            await type_command(pilot, "info console")
+            await tui.wait(pilot, lambda: any("bytes of input delivered" in line
+                                              for line in screen.command_output))
+            said = next(line for text in screen.command_output for line in text.splitlines()
+                        if "bytes of input delivered" in line)
+            counts = re.search(r"(\d+) bytes of input delivered, (\d+) queued", said)
+            delivered, queued = (int(n) for n in counts.groups())
+            assert delivered + queued == 3, said                   # "h", "i", "\r"
             await pilot.press("f5")                          # F-keys still drive the debugger
             await tui.wait(pilot, lambda: screen.running)
             await pilot.press("f6")

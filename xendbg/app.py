@@ -2,7 +2,8 @@
 
 Thin on purpose: the app holds the options, the stylesheet, the quit binding and the command
 palette's commands; :class:`~xendbg.views.screens.main.MainScreen` composes the panels and owns the
-:class:`~xendbg.views.driver.Driver`, which runs the machine in a worker thread.
+:class:`~xendbg.views.engine.EngineProcess`, which runs the machine in a process of its own
+(``in_process=True``: a :class:`~xendbg.views.driver.Driver` in a worker thread of this one).
 """
 
 from __future__ import annotations
@@ -15,24 +16,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from xendbg.runner import RunOptions
-from xendbg.views.driver import Loaded
 from xendbg.views.screens.main import XEN_TABS, MainScreen
 
 DEMO_GUEST = "demo"                # the built-in demo guest (xendbg/guests/src/demo.S)
-
-
-def loader(opts: RunOptions, symbols_file: str | None = None):
-    """Build the machine for ``opts`` (on the emulator thread) with the guest's symbols."""
-
-    def load() -> Loaded:
-        from xendbg.debugger import symbols_for_image
-        from xendbg.runner import load as load_machine
-        machine, image, path = load_machine(opts)
-        symbols = symbols_for_image(image, symbols_file)
-        return Loaded(machine, symbols, path.name,
-                      f"{image.abi}, {machine.domain.nr_pages} pages, {len(symbols)} symbols")
-
-    return load
 
 
 class XendbgApp(App):
@@ -40,14 +26,16 @@ class XendbgApp(App):
     CSS_PATH = "app.tcss"
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
 
-    def __init__(self, opts: RunOptions, *, show_speed: bool = True) -> None:
+    def __init__(self, opts: RunOptions, *, show_speed: bool = True,
+                 in_process: bool = False) -> None:
         super().__init__()
         self.opts = opts
         self.show_speed = show_speed
+        self.in_process = in_process
 
     def on_mount(self) -> None:
         self.sub_title = self.opts.kernel
-        self.push_screen(MainScreen(loader(self.opts, self.opts.symbols), self.show_speed))
+        self.push_screen(MainScreen(self.opts, self.show_speed, in_process=self.in_process))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -75,10 +63,16 @@ class XendbgApp(App):
                                 lambda t=tab_id: screen.show_tab(t))
 
 
-def run_app(args) -> int:
-    opts = RunOptions(kernel=args.kernel or DEMO_GUEST, cmdline=args.cmdline,
+def tui_options(args) -> RunOptions:
+    """The machine options of ``xendbg [KERNEL] …`` (the same as ``xendbg run``'s)."""
+    return RunOptions(kernel=args.kernel or DEMO_GUEST, cmdline=args.cmdline,
                       ramdisk=args.ramdisk, memory=args.memory, p2m=args.p2m,
-                      symbols=getattr(args, "symbols", None))
+                      symbols=getattr(args, "symbols", None), vcpus=args.vcpus,
+                      tsc_khz=args.tsc_khz, start_date=args.start_date)
+
+
+def run_app(args) -> int:
+    opts = tui_options(args)
     if opts.symbols is not None:
         # As `xendbg run --symbols`: a file that cannot be read or parsed is bad usage, said on
         # stderr before the screen opens (the loader parses it again with the image's symbols).

@@ -29,6 +29,17 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, default=1, metavar="N",
                    help="number of vCPUs (default 1; only 1 is supported so far — SMP guests "
                         "are refused with a clear message)")
+    from xendbg.machine.clock import DEFAULT_START, ClockConfig
+    p.add_argument("--tsc-khz", type=_tsc_khz, metavar="KHZ",
+                     help=f"the virtual TSC frequency in kHz (default {ClockConfig.tsc_khz}). "
+                          "Time is virtual: the TSC advances with executed instructions, about "
+                          "one per virtual nanosecond at any frequency (round(GHz) ticks each, at "
+                          "least 1), never with the host's clock")
+    p.add_argument("--start-date", type=_start_date, metavar="DATE",
+                     help="the wallclock at boot, an ISO 8601 date or date/time, UTC unless it "
+                          "names a zone (2030-06-01, 2030-06-01T12:00:00Z; default "
+                          f"{DEFAULT_START:%Y-%m-%dT%H:%M:%SZ}, fixed so that runs repeat)")
+
 
 
 def _tsc_khz(text: str) -> int:
@@ -54,6 +65,9 @@ def _start_date(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xendbg",
+        usage="xendbg [KERNEL] [options]   open the debugger on KERNEL (default: the demo "
+              "guest)\n       xendbg KERNEL --help        the debugger's options\n"
+              "       xendbg COMMAND ...          one of the commands below",
         description="A debugger that owns an emulated Xen machine and boots Xen PV guests.",
         epilog="KERNEL is a file (ELF, gzip'd ELF or Linux bzImage) or the name of a known "
                "guest (see `xendbg guests list`).")
@@ -88,17 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "succeeded, 4 if one failed (see `help` in a script)")
     run.add_argument("--symbols", metavar="FILE",
                      help="a System.map for the debugger (added to the image's own symbols)")
-    from xendbg.machine.clock import DEFAULT_START, ClockConfig
-    run.add_argument("--tsc-khz", type=_tsc_khz, metavar="KHZ",
-                     help=f"the virtual TSC frequency in kHz (default {ClockConfig.tsc_khz}). "
-                          "Time is virtual: the TSC advances with executed instructions, about "
-                          "one per virtual nanosecond at any frequency (round(GHz) ticks each, at "
-                          "least 1), never with the host's clock")
-    run.add_argument("--start-date", type=_start_date, metavar="DATE",
-                     help="the wallclock at boot, an ISO 8601 date or date/time, UTC unless it "
-                          "names a zone (2030-06-01, 2030-06-01T12:00:00Z; default "
-                          f"{DEFAULT_START:%Y-%m-%dT%H:%M:%SZ}, fixed so that runs repeat)")
-
     guests = sub.add_parser("guests", help="list known guests, fetch Debian ones")
     gsub = guests.add_subparsers(dest="guests_command", metavar="ACTION", required=True)
     gsub.add_parser("list", help="the guests xendbg knows, and whether each is here")
@@ -118,8 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 def build_tui_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xendbg",
-        description="Open the debugger on KERNEL (default: the built-in demo guest). "
-                    "Other commands: `xendbg run`, `xendbg guests` (see `xendbg run --help`).")
+        description="Open the debugger (a terminal UI) on KERNEL (default: the built-in demo "
+                    "guest), stopped at the guest's first instruction. F5 continue, F6 pause, "
+                    "F7 stepi, F8 step to the next hypercall, F9 finish it, F2 toggle a "
+                    "breakpoint, F4 the command line (`help` lists its commands), ctrl+q quit. "
+                    "The machine runs in a process of its own. Other commands: `xendbg run`, "
+                    "`xendbg guests`, `xendbg lab` (`xendbg --help`).")
     parser.add_argument("kernel", metavar="KERNEL", nargs="?", default=None)
     _add_machine_options(parser)
     parser.add_argument("--symbols", metavar="FILE",

@@ -12,6 +12,7 @@ import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from xendbg.debugger import xenstate
 from xendbg.debugger.decode import VIRQ_NAMES
@@ -342,6 +343,11 @@ def info_timers(s: Session, args: str):
     lines = [f"virtual TSC {s.m.read_tsc()}" + (f", system time {now} ns" if now is not None
                                                  else "") +
              f", next deadline {'none' if deadline is None else deadline} (instruction count)"]
+    config = getattr(clock, "config", None)
+    if config is not None:
+        boot = datetime.fromtimestamp(config.wallclock_ns // 1_000_000_000, timezone.utc)
+        lines.append(f"TSC at {config.tsc_khz} kHz ({config.tsc_per_insn} ticks per instruction), "
+                     f"wallclock at boot {boot:%Y-%m-%dT%H:%M:%SZ}")
     if timers is None:
         lines.append(f"timers: {NOT_YET} (the machine keeps no timer state yet)")
         return "\n".join(lines), {}

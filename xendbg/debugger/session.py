@@ -23,6 +23,7 @@ the guest is stopped before, are stepped over once.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections import defaultdict
@@ -42,6 +43,8 @@ from xendbg.machine.memory import PAGE_SHIFT
 from xendbg.machine.traps import vector_name
 
 PAGE_EVENTS = ("page_type", "mmu_reject")
+# What the session keeps even when nothing can stop on an event: see Session._route_events.
+ROUTINE_EVENTS = frozenset({"hypercall", "console", *PAGE_EVENTS})
 # The mmuext_op commands whose first argument is a frame (decode.decode_mmuext_op names the same).
 _MFN_OPS = frozenset((*PIN_LEVEL, X.MMUEXT_UNPIN_TABLE, X.MMUEXT_NEW_BASEPTR,
                       X.MMUEXT_NEW_USER_BASEPTR, X.MMUEXT_CLEAR_PAGE, X.MMUEXT_MARK_SUPER,
@@ -109,7 +112,11 @@ class Session:
         self._md = capstone.Cs(capstone.CS_ARCH_X86,
                                capstone.CS_MODE_64 if machine.is64 else capstone.CS_MODE_32)
         self._md.detail = True
-        machine.listeners.append(self._on_event)
+        # Subscribed to the kinds it needs now (see _route_events): without breakpoints or a
+        # step, a hypercall's entry event is not even built.
+        self._listener = functools.partial(Session._on_event, self)
+        machine.listeners.append(self._listener)
+        self._route_events()
 
     @property
     def console_text(self) -> str:
@@ -126,7 +133,22 @@ class Session:
         line = line.strip()
         if line and not line.startswith("#"):
             self.history.append(line)
-        return run_command(self, line)
+        try:
+            return run_command(self, line)
+        finally:
+            self._route_events()         # a breakpoint may have come or gone (even mid-run)
+
+    def _route_events(self) -> None:
+        """Take every event while anything may stop on one (a breakpoint, a hypercall step or
+        finish, an entry to skip); otherwise only what is kept whatever happens (the console,
+        frame histories from hypercalls and page-type changes)."""
+        everything = (bool(self.breakpoints.items) or self._step_hypercall
+                      or self._skip_entry is not None or self._finish is not None)
+        kinds = None if everything else ROUTINE_EVENTS
+        listener = self._listener
+        if not hasattr(listener, "event_kinds") or listener.event_kinds != kinds:
+            listener.event_kinds = kinds
+            self.m.reroute()
 
     def pause(self) -> None:
         """Stop the running guest at the next block boundary (safe from any thread)."""
@@ -451,6 +473,7 @@ class Session:
         self.at_entry = None
         self._entry_pending = None
         self._user_pause = False
+        self._route_events()
 
     def resume(self, max_insns: int | None = None) -> Stop:
         """``continue``: run until something stops the guest."""

@@ -218,6 +218,10 @@ class Machine:
         with self._routes_lock:
             self._routes.clear()
 
+    def reroute(self) -> None:
+        """A listener changed its ``event_kinds``: route events anew from the next one on."""
+        self._listeners_changed()
+
     def route(self, kind: str) -> tuple:
         """The listeners that get events of ``kind``, in order (empty: nobody; build nothing)."""
         targets = self._routes.get(kind)

@@ -2,5 +2,6 @@
 
 Attributes down, messages up: a screen sets each panel's ``view`` (an immutable
 :class:`xendbg.messages.View`); a panel posts a message when the user asks for something. Only the
-screen talks to the :class:`~xendbg.views.driver.Driver`, which alone touches the machine.
+screen talks to its driver, which alone touches the machine: a :class:`~xendbg.views.driver.Driver`
+run in a process of its own by :class:`~xendbg.views.engine.EngineProcess` (or in a thread).
 """

@@ -1,15 +1,17 @@
 """The debugger's main screen: code, registers and stack on the left, the Xen panels on the right,
 the console / hypercall log / command output below, the command line and the key bindings.
 
-The screen is the only part of the UI that talks to the machine, and only through its
-:class:`~xendbg.views.driver.Driver`: it starts the driver's thread, forwards what the user asks
-for, and hands each :class:`~xendbg.messages.View` down to the panels that are on screen.
+The screen is the only part of the UI that talks to the machine, and only through its driver —
+an :class:`~xendbg.views.engine.EngineProcess` (the machine in a process of its own) or, in
+process, a :class:`~xendbg.views.driver.Driver`; both have the same interface. It starts the
+driver from a worker thread, forwards what the user asks for, and hands each
+:class:`~xendbg.messages.View` down to the panels that are on screen.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import work
@@ -33,7 +35,8 @@ from xendbg.messages import (
 from xendbg.views.code import CodeView
 from xendbg.views.command_line import CommandLine, completions
 from xendbg.views.console import ConsoleView
-from xendbg.views.driver import Batch, Driver, Loaded
+from xendbg.views.driver import Batch, Driver, loader
+from xendbg.views.engine import EngineProcess
 from xendbg.views.evtchn import EventChannelsView
 from xendbg.views.fmt import vtime_text
 from xendbg.views.hypercall_log import HypercallLogView
@@ -47,6 +50,9 @@ from xendbg.views.stack import StackView
 from xendbg.views.status import StatusBar
 from xendbg.views.timers import TimersView
 from xendbg.views.vcpu import VcpuInfoView
+
+if TYPE_CHECKING:
+    from xendbg.runner import RunOptions
 
 # The Xen panels: tab id → (title, panel id). Panels on inactive tabs get the view when shown.
 XEN_TABS = (("tab-evtchn", "Events", "evtchn"), ("tab-vcpu", "vcpu_info", "vcpu"),
@@ -67,9 +73,14 @@ class MainScreen(Screen):
         Binding("f4", "focus_command", "Command", priority=True),
     ]
 
-    def __init__(self, load: Callable[[], Loaded], show_speed: bool = True) -> None:
+    def __init__(self, opts: RunOptions, show_speed: bool = True, *,
+                 in_process: bool = False) -> None:
         super().__init__()
-        self.driver = Driver(load, self.post_message, backlog=lambda: self.message_queue_size)
+        if in_process:
+            self.driver = Driver(loader(opts, opts.symbols), self.post_message,
+                                 backlog=lambda: self.message_queue_size)
+        else:
+            self.driver = EngineProcess(opts, opts.symbols, self.post_message)
         self.view: View | None = None
         self.show_speed = show_speed
         self.stops = 0                   # stops shown so far (the first: the guest's entry)
