@@ -4,7 +4,8 @@ this run:
 
 * guest speed — the same guest, run headless (``Machine.run`` with a timer that pauses it) for the
   same wall time, against ``continue`` in the TUI with its panels refreshing (the app runs under
-  Textual's headless driver, which composes every frame but writes no terminal);
+  Textual's headless driver, which composes every frame but writes no terminal; the machine in
+  its own process, as ``xendbg`` runs it, and — for comparison — in a thread of the UI's);
 * pause latency — ``Session.pause()`` from another thread with no UI (as ``bench_pause.py``),
   against F6 in the TUI until the status bar says "stopped" (through the driver, the session and
   the message queue);
@@ -25,9 +26,10 @@ import time
 
 QUICK = bool(os.environ.get("XENDBG_BENCH_QUICK"))
 SPEED_SECONDS = 2.0 if QUICK else 4.0
-# Speed runs alternate (bare, session, TUI) this many times and report medians: on a shared host
-# one run of each differs from the next by ±15%, more than the TUI's cost being measured.
-SPEED_ROUNDS = 1 if QUICK else 3
+# Speed runs alternate (bare, session, TUI, TUI in process) this many times; a ratio is the median
+# of the rounds' ratios (the runs of a round share the host's mood): on a shared host one run
+# differs from the next by ±15%, more than the TUI's cost being measured.
+SPEED_ROUNDS = 1 if QUICK else 5
 PAUSE_ROUNDS = 5 if QUICK else 15
 SIZE = (160, 48)
 
@@ -251,25 +253,32 @@ def run() -> list[dict]:
         session = tuple(statistics.median(r[1][k] for r in runs) for k in (0, 1))
         tui = {k: statistics.median(r[2][k] for r in runs) for k in runs[0][2]}
         threaded = {k: statistics.median(r[3][k] for r in runs) for k in runs[0][3]}
-        note = (f"{SPEED_SECONDS:.0f} s each, median of {SPEED_ROUNDS} alternated runs; the "
-                f"machine in its own process: {tui['refreshes']:.0f} live refreshes drawn, UI "
-                f"process busy {tui['ui_busy']:.0%}; per CPU-second of the emulator: TUI "
-                f"{tui['per_cpu']:.3g}, session {session[1]:.3g}, bare {plain[1]:.3g} M; "
-                f"with the machine in a thread of the UI's process (in_process=True) "
-                f"{threaded['mips']:.3g} M/s, {threaded['mips'] / plain[0]:.2f}× headless; host "
-                f"load average {load:.1f} on {os.cpu_count()} CPUs (wall rates suffer from it)")
+        vs_plain = statistics.median(r[2]["mips"] / r[0][0] for r in runs)
+        vs_session = statistics.median(r[2]["mips"] / r[1][0] for r in runs)
+        vs_threaded = statistics.median(r[3]["mips"] / r[0][0] for r in runs)
+        cpu_vs_session = statistics.median(r[2]["per_cpu"] / r[1][1] for r in runs)
+        rounds = f"{SPEED_SECONDS:.0f} s each, {SPEED_ROUNDS} rounds, ratio: the median of the " \
+                 "rounds' ratios, rates: medians"
+        note = (f"{rounds}; the machine in its own process: {tui['refreshes']:.0f} live "
+                f"refreshes drawn, UI process busy {tui['ui_busy']:.0%}; per CPU-second of the "
+                f"emulator: TUI {tui['per_cpu']:.3g}, session {session[1]:.3g}, bare "
+                f"{plain[1]:.3g} M; with the machine in a thread of the UI's process "
+                f"(in_process=True) {threaded['mips']:.3g} M/s, {vs_threaded:.2f}× headless; "
+                f"host load average {load:.1f} on {os.cpu_count()} CPUs")
         rows.append({
             "what": f"guest speed with the TUI open and refreshing vs headless, {what}",
             "xendbg": round(tui["mips"], 4), "baseline": round(plain[0], 4),
+            "ratio": vs_plain,
             "baseline_name": "the same guest headless (xendbg run: Machine.run), same wall time",
             "unit": "M instructions/s", "note": note})
         rows.append({
             "what": f"guest speed with the TUI vs the same debugger session without UI, {what}",
             "xendbg": round(tui["mips"], 4), "baseline": round(session[0], 4),
+            "ratio": vs_session,
             "baseline_name": "Session 'continue' headless (xendbg run --script), same wall time",
             "unit": "M instructions/s",
-            "note": "the TUI's own cost: ticks, snapshots, sending them to the UI's process; per "
-                    f"CPU-second of the emulator {tui['per_cpu'] / session[1]:.2f}× the "
+            "note": f"{rounds}; the TUI's own cost: ticks, snapshots, sending them to the UI's "
+                    f"process; per CPU-second of the emulator {cpu_vs_session:.2f}× the "
                     "session's"})
     for name, memory in (("spin-pv64", 16), ("demo", 64)):
         base = headless_pause(name, memory, PAUSE_ROUNDS)
@@ -309,8 +318,10 @@ def run() -> list[dict]:
 if __name__ == "__main__":
     for row in run():
         ratio = ""
-        if isinstance(row.get("xendbg"), float | int) and isinstance(row.get("baseline"),
-                                                                        float | int):
+        if "ratio" in row:
+            ratio = f"  ratio {row['ratio']:.3g}"
+        elif isinstance(row.get("xendbg"), float | int) and isinstance(row.get("baseline"),
+                                                                          float | int):
             ratio = f"  ratio {row['xendbg'] / row['baseline']:.3g}" if row["baseline"] else ""
         print(f"{row['what']}: {row['xendbg']} {row.get('unit', '')} vs {row.get('baseline')} "
               f"({row.get('baseline_name', '')}){ratio}  {row.get('note', '')}")

@@ -81,3 +81,19 @@ def test_the_trace_writer_writes_what_json_dumps_writes():
     for e in events:
         writer.write(e)
     assert out.getvalue() == "".join(json.dumps(_TraceWriter.record(e)) + "\n" for e in events)
+
+
+def test_a_listener_may_ask_for_the_exit_events_of_some_calls_only(lab_machine):
+    m = lab_machine("hello-pv64")
+    some, everything = [], []
+
+    def picky(event):
+        some.append(event.data["name"])
+
+    picky.event_kinds = frozenset({"hypercall:console_io"})
+    m.listeners.append(picky)
+    m.listeners.append(lambda e: everything.append(e) if e.kind == "hypercall" else None)
+    assert m.run(max_insns=2_000_000) == "shutdown"
+    names = [e.data["name"] for e in everything]
+    assert set(some) == {"console_io"} and some.count("console_io") == names.count("console_io")
+    assert len(set(names)) > 1 and m.route("hypercall_entry") == (m.listeners[1],)

@@ -114,13 +114,15 @@ def test_the_session_builds_entry_events_only_while_something_can_stop_on_them(l
     from xendbg.debugger import Session, symbols_for_image
     m = lab_machine("hello-pv64")
     s = Session(m, symbols_for_image(m.image))
-    assert m.route("hypercall_entry") == () and m.route("hypercall") and m.route("console")
+    assert m.route("hypercall_entry") == () and m.route("console")
+    assert m.route_call("mmu_update") and m.route_call("console_io") == ()   # frame history
     assert s.execute("step-hypercall").ok                       # a step needs the entries
     assert s.at_entry is not None
     assert s.execute("finish-hypercall").ok
     assert m.route("hypercall_entry") == ()                     # done: not any more
     assert s.execute("break hypercall sched_op").ok
     assert m.route("hypercall_entry") and m.route("upcall")     # everything, for breakpoints
+    assert m.route_call("console_io")
     stop = s.execute("continue")
     assert stop.ok and "sched_op" in stop.text
     assert s.execute("delete 1").ok

@@ -43,8 +43,10 @@ from xendbg.machine.memory import PAGE_SHIFT
 from xendbg.machine.traps import vector_name
 
 PAGE_EVENTS = ("page_type", "mmu_reject")
-# What the session keeps even when nothing can stop on an event: see Session._route_events.
-ROUTINE_EVENTS = frozenset({"hypercall", "console", *PAGE_EVENTS})
+# What the session keeps even when nothing can stop on an event (see Session._route_events): the
+# console, and the frame history — from the calls that name frames and the MMU's page events.
+HISTORY_CALLS = ("mmu_update", "mmuext_op")
+ROUTINE_EVENTS = frozenset({"console", *(f"hypercall:{n}" for n in HISTORY_CALLS), *PAGE_EVENTS})
 # The mmuext_op commands whose first argument is a frame (decode.decode_mmuext_op names the same).
 _MFN_OPS = frozenset((*PIN_LEVEL, X.MMUEXT_UNPIN_TABLE, X.MMUEXT_NEW_BASEPTR,
                       X.MMUEXT_NEW_USER_BASEPTR, X.MMUEXT_CLEAR_PAGE, X.MMUEXT_MARK_SUPER,
@@ -141,7 +143,7 @@ class Session:
     def _route_events(self) -> None:
         """Take every event while anything may stop on one (a breakpoint, a hypercall step or
         finish, an entry to skip); otherwise only what is kept whatever happens (the console,
-        frame histories from hypercalls and page-type changes)."""
+        frame histories from the calls that name frames and from page-type changes)."""
         everything = (bool(self.breakpoints.items) or self._step_hypercall
                       or self._skip_entry is not None or self._finish is not None)
         kinds = None if everything else ROUTINE_EVENTS
@@ -369,7 +371,7 @@ class Session:
         """
         d = e.data
         name = d["name"]
-        if name != "mmu_update" and name != "mmuext_op":
+        if name not in HISTORY_CALLS:
             return
         pairs = _frames_named(self.m, name, d["args"])
         if not pairs:

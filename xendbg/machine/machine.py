@@ -12,7 +12,9 @@ Structured events go to subscribers (``listeners``): ``hypercall_entry`` (before
 (every ``tick_interval`` instructions, when set). The machine never prints. A listener that only
 cares for some kinds says so with an ``event_kinds`` attribute (a set of kinds); the machine then
 neither calls it for the others nor builds an event nobody receives — a hypercall-heavy guest makes
-two events per call, and most listeners want neither.
+two events per call, and most listeners want neither. ``hypercall:NAME`` among the kinds asks for
+the ``hypercall`` events of that one call (a debugger keeping the history of the frames that
+``mmu_update`` names need not hear of every ``console_io``).
 """
 
 from __future__ import annotations
@@ -109,9 +111,9 @@ for _name in ("append", "extend", "insert", "remove", "pop", "clear", "sort", "r
     setattr(Listeners, _name, _notifying(_name))
 
 
-def _wants(listener, kind: str) -> bool:
+def _wants(listener, kind: str, also: str | None = None) -> bool:
     kinds = getattr(listener, "event_kinds", None)
-    return kinds is None or kind in kinds
+    return kinds is None or kind in kinds or (also is not None and also in kinds)
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Machine:
         self.guest = GuestMemory(self.memory, self.abi, lambda: self.cpu.cr3)
         self.traps = TrapBouncer(self)
         self._routes: dict[str, tuple] = {}        # event kind → the listeners that get it
+        self._call_routes: dict[str, tuple] = {}   # hypercall name → who gets its exit event
         self._routes_lock = threading.Lock()      # a listener may be added from another thread
         self._listeners = Listeners(self._listeners_changed)
         self.stats = HypercallStats()
@@ -217,6 +220,7 @@ class Machine:
     def _listeners_changed(self) -> None:
         with self._routes_lock:
             self._routes.clear()
+            self._call_routes.clear()
 
     def reroute(self) -> None:
         """A listener changed its ``event_kinds``: route events anew from the next one on."""
@@ -230,6 +234,16 @@ class Machine:
             with self._routes_lock:
                 targets = tuple(f for f in self._listeners if _wants(f, kind))
                 self._routes[kind] = targets
+        return targets
+
+    def route_call(self, name: str) -> tuple:
+        """The listeners that get the ``hypercall`` (exit) events of the call ``name``."""
+        targets = self._call_routes.get(name)
+        if targets is None:
+            with self._routes_lock:
+                targets = tuple(f for f in self._listeners
+                                if _wants(f, "hypercall", "hypercall:" + name))
+                self._call_routes[name] = targets
         return targets
 
     def emit(self, kind: str, **data) -> None:
@@ -662,9 +676,10 @@ class Machine:
         stats.calls[name] += 1
         if isinstance(result, int) and -4096 < result < 0:
             stats.errors[name] += 1
-        targets = routes.get("hypercall")        # again: a listener may have changed the set
+        # Again (a listener may have changed the set), and per call: some want only a few.
+        targets = self._call_routes.get(name)
         if targets is None:
-            targets = self.route("hypercall")
+            targets = self.route_call(name)
         if targets:
             shown = None if result is NO_RESULT else result
             event = Event("hypercall", self.counter.insns,
