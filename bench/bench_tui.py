@@ -25,11 +25,11 @@ import threading
 import time
 
 QUICK = bool(os.environ.get("XENDBG_BENCH_QUICK"))
-SPEED_SECONDS = 2.0 if QUICK else 4.0
+SPEED_SECONDS = 2.0 if QUICK else 3.0
 # Speed runs alternate (bare, session, TUI, TUI in process) this many times; a ratio is the median
 # of the rounds' ratios (the runs of a round share the host's mood): on a shared host one run
 # differs from the next by ±15%, more than the TUI's cost being measured.
-SPEED_ROUNDS = 1 if QUICK else 5
+SPEED_ROUNDS = 1 if QUICK else 8
 PAUSE_ROUNDS = 5 if QUICK else 15
 SIZE = (160, 48)
 

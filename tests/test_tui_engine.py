@@ -158,3 +158,29 @@ def test_the_child_ends_when_the_ui_is_gone(engine):
     h.thread.join(30)
     assert h.engine._process.wait(30) is not None
     Path(h.engine._log_path).unlink(missing_ok=True)
+
+
+def test_requests_made_before_the_child_exists_wait_for_it():
+    """The UI never blocks on the child's start: early requests are kept and sent in order."""
+    log = MessageLog()
+    engine = EngineProcess(RunOptions(kernel=str(lab_image("hello-pv64")), memory=16), None,
+                           log.messages.append)
+    engine.submit("break print_str")          # typed before the engine's process started
+    engine.submit("continue")
+    assert engine.symbols_matching("print_") == []        # nobody to ask yet: no wait
+    thread = threading.Thread(target=engine.serve, daemon=True)
+    thread.start()
+    try:
+        log.wait(lambda: [m for m in log.of(RunStateChanged) if not m.running])
+        assert [m for m in log.of(RunStateChanged) if not m.running][0].reason == "breakpoint"
+    finally:
+        engine.close()
+        thread.join(30)
+    assert engine.exit_code == 0
+
+
+def test_an_engine_closed_before_it_starts_starts_nothing():
+    engine = EngineProcess(RunOptions(kernel="demo"), None, lambda m: None)
+    engine.close()
+    engine.serve()                            # returns at once
+    assert engine._process is None and engine.submit("continue") is None

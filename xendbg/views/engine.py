@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from itertools import starmap
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def decode(item: tuple) -> Message:
     if cls is Batch:
         message.messages = tuple(decode(m) for m in fields["messages"])
     elif cls is HypercallsTraced:
-        message.events = tuple(Event(*e) for e in fields["events"])
+        message.events = tuple(starmap(Event, fields["events"]))
     return message
 
 
@@ -89,10 +90,11 @@ class EngineProcess:
         self._process = None
         self._conn = None
         self._send_lock = threading.Lock()
+        self._pending: list[tuple] = []      # requests made before the child existed
+        self._ended = False
         self._replies: dict[int, queue.SimpleQueue] = {}
         self._ids = itertools.count(1)
         self._log_path: Path | None = None
-        self.started = threading.Event()     # the child exists (or could not be started)
         self.closed = False
         self.live_views = 0                  # live views received (benchmarks count them)
         self.internal_errors: list[str] = []  # the child driver's own bugs, sent when it ends
@@ -129,7 +131,7 @@ class EngineProcess:
     def symbols_matching(self, prefix: str, limit: int = 50) -> list[str]:
         """The guest's symbols starting with ``prefix``: asked of the child, which has the table
         (an empty list if it does not answer within :data:`REPLY_TIMEOUT`)."""
-        if not prefix:
+        if not prefix or self._conn is None:
             return []
         ident = next(self._ids)
         box: queue.SimpleQueue = queue.SimpleQueue()
@@ -156,21 +158,26 @@ class EngineProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _send(self, *request) -> bool:
-        conn = self._conn
-        if conn is None:
-            if not self.started.wait(30) or self._conn is None:
+        """Send a request; before the child exists, keep it for when it does (the UI never
+        waits for the child to start)."""
+        with self._send_lock:
+            if self._conn is None:
+                if self._ended:
+                    return False
+                self._pending.append(request)
+                return True
+            try:
+                self._conn.send(request)
+                return True
+            except (OSError, ValueError):    # the child is gone: serve() says so
                 return False
-            conn = self._conn
-        try:
-            with self._send_lock:
-                conn.send(request)
-            return True
-        except (OSError, ValueError):        # the child is gone: serve() says so
-            return False
 
     # -- the UI process's reader (the screen's worker thread) -----------------------------------
     def serve(self) -> None:
         """Start the child, then post what it sends until it ends."""
+        if self.closed:                      # closed before it started: nothing to run
+            self._ended = True
+            return
         fd, log = tempfile.mkstemp(prefix="xendbg-engine-", suffix=".log")
         self._log_path = Path(log)
         parent, child = socket.socketpair()
@@ -183,15 +190,24 @@ class EngineProcess:
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                 start_new_session=True)
         except OSError as exc:
-            self.started.set()
+            parent.close()
+            self._log_path.unlink(missing_ok=True)
+            self._ended = True
             self._post(LoadFailed(f"cannot start the emulator process: {exc.strerror or exc}"))
             return
         finally:
             os.close(fd)
             child.close()
-        self._conn = Connection(parent.detach())
-        self._send("start", self._opts, self._symbols_file)
-        self.started.set()
+        conn = Connection(parent.detach())
+        with self._send_lock:
+            try:
+                conn.send(("start", self._opts, self._symbols_file))
+                for request in self._pending:
+                    conn.send(request)
+            except OSError:
+                pass                         # the child died at once: the reader finds out
+            self._pending.clear()
+            self._conn = conn
         loaded = clean = False
         try:
             while True:
@@ -227,7 +243,8 @@ class EngineProcess:
             process.kill()
             process.wait(CLOSE_TIMEOUT)
         self.exit_code = process.returncode
-        if self._conn is not None:
+        with self._send_lock:
+            self._ended = True
             self._conn.close()
         if clean or self.closed:
             self._log_path.unlink(missing_ok=True)
