@@ -151,7 +151,9 @@ def test_driver_live_snapshots_while_running_and_pause(harness):
     h.driver.submit("continue")
     h.wait(lambda: any(m.view.live for m in h.of(SnapshotReady)), timeout=60)
     live = [m.view for m in h.of(SnapshotReady) if m.view.live]
-    assert live[0].snap.insns > 0 and live[0].before is h.stops()[0].view.snap
+    first = h.stops()[0].view.snap
+    assert live[0].snap.insns > 0 and live[0].before.insns == first.insns == 0
+    assert live[0].before.registers == first.registers and live[0].snap.frames is None
     h.driver.pause()
     h.wait(lambda: any(not m.running for m in h.of(RunStateChanged)))
     stop = [m for m in h.of(RunStateChanged) if not m.running][0]
@@ -276,3 +278,18 @@ def test_snapshot_module_is_read_only_and_not_imported_by_the_machine():
             continue
         assert "snapshot import" not in path.read_text() and \
             "machine.snapshot" not in path.read_text(), path
+
+
+def test_stops_carry_the_frame_table_only_while_a_frame_panel_wants_it(harness):
+    """The driver keeps each stop's frame table (the next stop's highlights need it); the screen
+    gets both tables — this stop's and the last's — once it asks for frames."""
+    h = harness("hello-pv64")
+    h.driver.run_for(20_000)
+    h.wait(lambda: len(h.stops()) >= 2)
+    stop = h.stops()[-1].view
+    assert stop.snap.frames is None and stop.before.frames is None
+    h.driver.set_view(frames=True)
+    h.wait(lambda: any(m.view.kind == "refresh" for m in h.of(SnapshotReady)))
+    shown = [m.view for m in h.of(SnapshotReady) if m.view.kind == "refresh"][-1]
+    assert shown.snap.frames is not None and shown.before.frames is not None
+    assert shown.before.insns == 0 and shown.snap.insns == stop.snap.insns

@@ -81,6 +81,18 @@ def test_messages_cross_as_their_class_and_fields():
     assert console._sender is None and not console._stop_propagation    # Textual's, fresh
 
 
+def test_hypercall_events_cross_as_columns_or_as_they_are():
+    same = tuple(Event("hypercall", i, {"nr": 1, "name": "x", "args": [i], "result": -i})
+                 for i in range(50))
+    kind, *_ = encode(HypercallsTraced(same, 0))[1]["events"]
+    assert kind == "columns"
+    assert decode(encode(HypercallsTraced(same, 0))).events == same
+    mixed = same[:3] + (Event("hypercall", 9, {"nr": 2, "name": "y", "args": []}),)
+    assert encode(HypercallsTraced(mixed, 0))[1]["events"][0] == "events"
+    assert decode(encode(HypercallsTraced(mixed, 0))).events == mixed
+    assert decode(encode(HypercallsTraced((), 0))).events == ()
+
+
 def test_engine_runs_the_guest_in_another_process(engine):
     h = engine(str(lab_image("hello-pv64")))
     h.wait(lambda: h.stops())

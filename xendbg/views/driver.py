@@ -20,6 +20,7 @@ with an exact snapshot. A pause from the UI goes straight to the session (thread
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
 import re
@@ -93,6 +94,12 @@ def loader(opts, symbols_file: str | None = None) -> Callable[[], Loaded]:
                       f"{image.abi}, {machine.domain.nr_pages} pages, {len(symbols)} symbols")
 
     return load
+
+
+def _without_frames(snap: MachineSnapshot | None) -> MachineSnapshot | None:
+    if snap is None or snap.frames is None:
+        return snap
+    return dataclasses.replace(snap, frames=None)
 
 
 class Driver:
@@ -470,7 +477,14 @@ class Driver:
             self._stop_before = self.last_stop_snapshot
             self.last_stop_snapshot = snap
         before = self._stop_before if kind != "live" else self.last_stop_snapshot
-        return SnapshotReady(View(snap, self._session_view(snap, exact=not live), before, kind))
+        session = self._session_view(snap, exact=not live)
+        if not want["frames"]:
+            # A stop keeps the frame table here, as the baseline of the next stop's highlights;
+            # the screen gets it when a frame panel is shown (with both tables: the highlights
+            # are exact). Sent at every stop, the two tables were most of a stop's bytes.
+            snap = _without_frames(snap)
+            before = _without_frames(before)
+        return SnapshotReady(View(snap, session, before, kind))
 
     def _session_view(self, snap: MachineSnapshot, exact: bool) -> SessionView:
         s = self.session

@@ -3,7 +3,8 @@
 Why a process: a hypercall-heavy guest needs Python (and so the GIL) for every call, and drawing
 a live refresh holds the GIL for tens of milliseconds; in one process the guest stood still while
 the screen was drawn (0.64 of its headless speed on the demo guest). In its own process it shares
-nothing with the UI but a pipe.
+nothing with the UI but a socket, and what the TUI adds there — ticks, live snapshots, sending
+the console and hypercall streams — is about 3% of a hypercall-heavy run (``bench/bench_tui.py``).
 
 :class:`EngineProcess` is what the screen holds; it has the :class:`~xendbg.views.driver.Driver`'s
 interface (``serve``, ``submit``, ``pause``, ``console_input``, ``set_view``, ``refresh``,
@@ -21,7 +22,6 @@ dies, the screen is told why, with the log's last line.
 from __future__ import annotations
 
 import faulthandler
-import itertools
 import os
 import queue
 import socket
@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from itertools import starmap
+from itertools import count, repeat
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -57,9 +57,34 @@ def encode(message: Message) -> tuple:
     if isinstance(message, Batch):
         fields["messages"] = tuple(encode(m) for m in message.messages)
     elif isinstance(message, HypercallsTraced):
-        # Thousands a second: as plain tuples they pickle in a third of the time Events take.
-        fields["events"] = tuple((e.kind, e.insns, e.data) for e in message.events)
+        fields["events"] = _encode_events(message.events)
     return type(message), fields
+
+
+def _encode_events(events: tuple) -> tuple:
+    """Thousands of hypercall events a second, each with the same fields: sent as columns
+    (insns, then one list per field), which pickle in a fraction of the time of as many Events
+    or dicts; the UI's process builds the dicts. Events of other shapes go as they are."""
+    if not events:
+        return ("events", ())
+    keys = tuple(events[0].data)
+    datas = [e.data for e in events]
+    try:
+        columns = [[d[k] for d in datas] for k in keys]
+    except KeyError:
+        columns = None
+    if columns is None or any(len(d) != len(keys) for d in datas) or \
+            any(e.kind != "hypercall" for e in events):
+        return ("events", events)
+    return ("columns", [e.insns for e in events], keys, columns)
+
+
+def _decode_events(encoded: tuple) -> tuple:
+    if encoded[0] == "events":
+        return tuple(encoded[1])
+    _, insns, keys, columns = encoded
+    datas = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+    return tuple(map(Event, repeat("hypercall"), insns, datas))
 
 
 def decode(item: tuple) -> Message:
@@ -71,7 +96,7 @@ def decode(item: tuple) -> Message:
     if cls is Batch:
         message.messages = tuple(decode(m) for m in fields["messages"])
     elif cls is HypercallsTraced:
-        message.events = tuple(starmap(Event, fields["events"]))
+        message.events = _decode_events(fields["events"])
     return message
 
 
@@ -93,7 +118,7 @@ class EngineProcess:
         self._pending: list[tuple] = []      # requests made before the child existed
         self._ended = False
         self._replies: dict[int, queue.SimpleQueue] = {}
-        self._ids = itertools.count(1)
+        self._ids = count(1)
         self._log_path: Path | None = None
         self.closed = False
         self.live_views = 0                  # live views received (benchmarks count them)
