@@ -151,3 +151,21 @@ def test_the_driver_numbers_calls_from_the_machine_count_and_says_what_it_droppe
     assert traced.first_seq == made - 8 and traced.dropped == made - 8
     assert [r.seq for r in traced.records] == list(range(made - 8, made))
     assert all(e.kind == "hypercall" for e in traced.events)
+
+
+def test_resuming_from_an_entry_stop_takes_the_entries_only_until_it_is_skipped(lab_machine):
+    """After a stop at a hypercall's entry the session takes every event until that entry comes
+    again (to skip it once); from then on, for the rest of the run, no entry event is built."""
+    from xendbg.debugger import Session, symbols_for_image
+    m = lab_machine("hello-pv64")
+    s = Session(m, symbols_for_image(m.image))
+    assert s.execute("step-hypercall").ok and s.at_entry is not None
+    built = []
+
+    def probe(_event):
+        built.append(bool(m.route("hypercall_entry")))
+
+    probe.event_kinds = frozenset({"hypercall"})
+    m.listeners.append(probe)
+    assert s.execute("continue").ok
+    assert len(built) > 10 and not any(built)

@@ -308,6 +308,7 @@ class Session:
         if top and self._skip_entry is not None:
             skip = self._skip_entry == d["ip"]
             self._skip_entry = None
+            self._route_events()         # nothing else may need the entries for this run
             if skip:
                 return
         if not self.breakpoints.items and not self._step_hypercall:
