@@ -1,8 +1,8 @@
 """Hot paths with a compiled (Cython) implementation and a pure-Python twin.
 
-Each ``<name>.py`` selector takes its names from :func:`load_twin`: ``_<name>_c`` when it was built
-and ``XENDBG_PURE_PYTHON`` is not set, else ``_<name>_py``. Docstrings live on the Python twin; one
-test suite runs against both.
+Each ``<name>.py`` selector takes its names (:func:`export_twin`) from the module
+:func:`load_twin` chooses: ``_<name>_c`` when it was built and ``XENDBG_PURE_PYTHON`` is not set,
+else ``_<name>_py``. Docstrings live on the Python twin; one test suite runs against both.
 """
 
 import importlib
@@ -24,3 +24,12 @@ def load_twin(name: str) -> tuple[ModuleType, str]:
         except ImportError:                   # not built here (no compiler): the twin serves
             pass
     return importlib.import_module(f"xendbg.fast._{name}_py"), "python"
+
+
+def export_twin(name: str, namespace: dict) -> str:
+    """Fill a selector's ``namespace`` with every name of its ``__all__`` (but
+    ``IMPLEMENTATION``) from the module :func:`load_twin` chose; return which it is."""
+    module, kind = load_twin(name)
+    namespace.update((n, getattr(module, n)) for n in namespace["__all__"]
+                     if n != "IMPLEMENTATION")
+    return kind

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from xendbg.fast import load_twin
+from xendbg.fast import export_twin
 
 if TYPE_CHECKING:                              # for type checkers: the twin's signatures
     from xendbg.fast._pvclock_py import (
@@ -24,7 +24,4 @@ __all__ = [
     "IMPLEMENTATION",
 ]
 
-# Every name comes from the one module load_twin chose: the compiled and the fallback case export
-# the same set by construction.
-_impl, IMPLEMENTATION = load_twin("pvclock")
-globals().update((_name, getattr(_impl, _name)) for _name in __all__[:-1])
+IMPLEMENTATION = export_twin("pvclock", globals())
